@@ -1,0 +1,73 @@
+"""Which implementations of the fused ops exist on this machine, and which one a call uses.
+
+Backends: ``reference`` (plain torch, everywhere), ``cpu`` (C++ in ``msvae._C``), ``triton``
+(CUDA tensors; CPU tensors too when ``TRITON_INTERPRET=1``) and ``cuda`` (hand-written CUDA in
+``msvae._C``, built when nvcc was found). ``MSVAE_BACKEND`` in the environment overrides the
+default choice; a ``backend=`` argument overrides both.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+try:
+    from msvae import _C
+except ImportError as error:  # running from a source tree that was never built
+    _C = None
+    _C_IMPORT_ERROR = error
+else:
+    _C_IMPORT_ERROR = None
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, or None when it can."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        return None if _C is not None else f"msvae._C is not built ({_C_IMPORT_ERROR})"
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if not (torch.cuda.is_available() or _triton_interpreted()):
+            return "no CUDA device (set TRITON_INTERPRET=1 to run Triton on CPU tensors)"
+        return None
+    if backend == "cuda":
+        if _C is None or not _C.with_cuda:
+            return "msvae._C was built without CUDA kernels"
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend mapped to None when it runs here, else to the reason it does not."""
+    return {name: _unavailable_reason(name) for name in BACKENDS}
+
+
+def select_backend(device: torch.device, backend: str | None) -> str:
+    """The backend for tensors on ``device``: explicit choice, else ``MSVAE_BACKEND``, else the fastest."""
+    backend = backend or os.environ.get("MSVAE_BACKEND") or None
+    if backend is None:
+        if device.type == "cpu":
+            return "cpu" if _C is not None else "reference"
+        for candidate in ("triton", "cuda"):
+            if device.type == "cuda" and _unavailable_reason(candidate) is None:
+                return candidate
+        return "reference"
+    reason = _unavailable_reason(backend)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} is not available: {reason}")
+    allowed = {"reference": None, "cpu": ("cpu",), "cuda": ("cuda",),
+               "triton": ("cuda", "cpu") if _triton_interpreted() else ("cuda",)}[backend]
+    if allowed is not None and device.type not in allowed:
+        raise ValueError(f"backend {backend!r} cannot run on {device.type} tensors")
+    return backend
