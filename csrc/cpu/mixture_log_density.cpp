@@ -67,16 +67,27 @@ void fill_log_weights(const MixtureWeights& w, int64_t i, int64_t j0, int64_t n,
   }
 }
 
+// max(v[0, n)) in kLanes independent lanes: GCC leaves a plain max reduction scalar (it may not
+// reassociate floating-point max without -ffast-math), which costs a dependent vmaxss per element.
+template <typename T>
+T max_of(const T* v, int64_t n) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  T lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, -std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = v[j + l] > lanes[l] ? v[j + l] : lanes[l];
+  for (; j < n; ++j) lanes[0] = v[j] > lanes[0] ? v[j] : lanes[0];
+  return *std::max_element(lanes, lanes + kLanes);
+}
+
 // Online logsumexp state: running max and sum of exp(v - max).
 template <typename T>
 struct LogSumExp {
   T max = -std::numeric_limits<T>::infinity();
   T sum = 0;
   void add(const T* v, int64_t n) {
-    T block_max = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : block_max)
-    for (int64_t j = 0; j < n; ++j) block_max = std::max(block_max, v[j]);
-    const T new_max = std::max(max, block_max);
+    const T new_max = std::max(max, max_of(v, n));
     T block_sum = 0;
 #pragma omp simd reduction(+ : block_sum)
     for (int64_t j = 0; j < n; ++j) block_sum += vexp(v[j] - new_max);
