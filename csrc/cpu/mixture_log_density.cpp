@@ -1,11 +1,15 @@
 // CPU implementation of the batch Gaussian-mixture log-density (op 1 of DESIGN.md).
 //
 // Rows (queries) are split across threads. Each row streams over the components in blocks of
-// kBlock with an online logsumexp, so no Q x B (or Q x B x D) intermediate exists. The component
-// constants are stored transposed ([D][B]) so the innermost loop runs over components, contiguous
-// and vectorised whatever D is. The backward pass recomputes the per-block log-densities; dx is
-// accumulated per row, dmu / dlogvar in per-thread [D][panel] buffers that are summed at the end
-// of each column panel (panels bound that scratch memory).
+// kBlock with an online logsumexp, so no Q x B (or Q x B x D) intermediate exists. Component
+// constants are stored transposed ([D][B], padded to whole blocks) so the inner loops run over
+// components in SIMD vectors whatever D is; padded components get log-weight -kFar and contribute
+// nothing measurable. Each block costs one pass per dimension: the log-density, its running sum
+// over d (for the joint), the block max and the exp-sum relative to the running max are computed
+// together; only a block whose max exceeds the running max by more than kHeadroom (the first block
+// of a row, or a rare jump) is summed again. The backward pass recomputes the per-block
+// log-densities; dx accumulates per row, dmu / dlogvar in per-thread [D][panel] buffers summed at
+// the end of each column panel (panels bound that scratch memory).
 #include "cpu/mixture_log_density.h"
 
 #include <algorithm>
@@ -14,52 +18,79 @@
 #include <thread>
 #include <vector>
 
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
 #include "cpu/vector_math.h"
 
 namespace msvae::cpu {
 namespace {
 
 constexpr int64_t kBlock = 256;
+static_assert(kBlock % Simd<float>::width == 0 && kBlock % Simd<double>::width == 0);
+
+template <typename T>
+constexpr T kFar = T(1e30);  // -log-weight of padding components
+template <typename T>
+constexpr T kHeadroom = sizeof(T) == 4 ? T(60) : T(600);  // exp(kHeadroom) * kBlock is finite
+
+// Flushes denormals to zero on this thread while alive (products of tiny weights and gradients
+// would otherwise take the slow denormal path), restoring the caller's mode afterwards.
+class FlushDenormals {
+ public:
+#if defined(__SSE__)
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
 
 // Calls fn(begin, end, thread_index) on `threads` contiguous chunks of [0, n).
 template <typename Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
-  if (threads == 1) {
-    fn(int64_t(0), n, 0);
-    return;
-  }
+  auto run = [&fn](int64_t begin, int64_t end, int t) {
+    FlushDenormals flush;
+    fn(begin, end, t);
+  };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
   const int64_t chunk = (n + threads - 1) / threads;
   for (int t = 1; t < threads; ++t) {
     const int64_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
-    pool.emplace_back([&fn, begin, end, t] { fn(begin, end, t); });
+    pool.emplace_back(run, begin, end, t);
   }
-  fn(int64_t(0), std::min(n, chunk), 0);
+  run(0, std::min(n, chunk), 0);
   for (auto& th : pool) th.join();
 }
 
-// Per-component constants, transposed to [D][B]: mu, exp(-logvar), logvar + log(2 pi).
+// Per-component constants, transposed to [D][padded B]: mu, exp(-logvar), logvar + log(2 pi).
 template <typename T>
 struct Components {
+  int64_t B, padded;
   std::vector<T> mu, inv_var, norm;
-  Components(const T* mu_rows, const T* logvar_rows, int64_t B, int64_t D)
-      : mu(B * D), inv_var(B * D), norm(B * D) {
+  Components(const T* mu_rows, const T* logvar_rows, int64_t B_, int64_t D)
+      : B(B_), padded((B_ + kBlock - 1) / kBlock * kBlock), mu(padded * D, T(0)),
+        inv_var(padded * D, T(0)), norm(padded * D, T(0)) {
     for (int64_t j = 0; j < B; ++j)
       for (int64_t d = 0; d < D; ++d) {
         const T lv = logvar_rows[j * D + d];
-        mu[d * B + j] = mu_rows[j * D + d];
-        inv_var[d * B + j] = std::exp(-lv);
-        norm[d * B + j] = lv + T(kLog2Pi);
+        mu[d * padded + j] = mu_rows[j * D + d];
+        inv_var[d * padded + j] = std::exp(-lv);
+        norm[d * padded + j] = lv + T(kLog2Pi);
       }
   }
 };
 
-// lw(i, j) for j in [j0, j0 + n) into out[0, n).
+// lw(i, j) for the block j in [j0, j0 + kBlock) into out; -kFar past B.
 template <typename T>
-void fill_log_weights(const MixtureWeights& w, int64_t i, int64_t j0, int64_t n, int64_t B, T* out) {
+void fill_log_weights(const MixtureWeights& w, int64_t i, int64_t j0, int64_t B, T* out) {
+  const int64_t n = std::min(kBlock, B - j0);
   std::fill(out, out + n, T(w.base));
+  std::fill(out + n, out + kBlock, -kFar<T>);
   if (w.scheme == 1) {
     const int64_t next = (i + 1) % B;
     if (next >= j0 && next < j0 + n) out[next - j0] = T(w.next);
@@ -67,63 +98,71 @@ void fill_log_weights(const MixtureWeights& w, int64_t i, int64_t j0, int64_t n,
   }
 }
 
-// max(v[0, n)) in kLanes independent lanes: GCC leaves a plain max reduction scalar (it may not
-// reassociate floating-point max without -ffast-math), which costs a dependent vmaxss per element.
-template <typename T>
-T max_of(const T* v, int64_t n) {
-  constexpr int64_t kLanes = 64 / sizeof(T);
-  T lanes[kLanes];
-  std::fill(lanes, lanes + kLanes, -std::numeric_limits<T>::infinity());
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = v[j + l] > lanes[l] ? v[j + l] : lanes[l];
-  for (; j < n; ++j) lanes[0] = v[j] > lanes[0] ? v[j] : lanes[0];
-  return *std::max_element(lanes, lanes + kLanes);
-}
-
-// Online logsumexp state: running max and sum of exp(v - max).
+// Online logsumexp: running max m and sum of exp(v - m).
 template <typename T>
 struct LogSumExp {
   T max = -std::numeric_limits<T>::infinity();
   T sum = 0;
-  void add(const T* v, int64_t n) {
-    const T new_max = std::max(max, max_of(v, n));
-    T block_sum = 0;
-#pragma omp simd reduction(+ : block_sum)
-    for (int64_t j = 0; j < n; ++j) block_sum += vexp(v[j] - new_max);
-    sum = sum * vexp(max - new_max) + block_sum;
+  // Folds in a block whose max is block_max and whose exp-sum relative to `ref` is ref_sum.
+  void add(T block_max, T ref, T ref_sum) {
+    const T new_max = std::max(max, block_max);
+    sum = sum * std::exp(max - new_max) + ref_sum * std::exp(ref - new_max);
     max = new_max;
   }
   T value() const { return max + std::log(sum); }
 };
 
+// Adds the block of values produced by value(j) (j = kBlock-vector offsets) to lse: one pass when
+// no value exceeds the running max by more than kHeadroom, else a second pass relative to the
+// block max. value() may have side effects only on the first call for each offset (first_pass).
+template <typename T, typename ValueFn>
+void add_block(LogSumExp<T>& lse, ValueFn&& value) {
+  using Vec = typename Simd<T>::Vec;
+  constexpr int64_t W = Simd<T>::width;
+  const bool have_ref = lse.max > -std::numeric_limits<T>::infinity();
+  const Vec ref = splat(have_ref ? lse.max : T(0));
+  Vec lane_max = splat(-std::numeric_limits<T>::infinity()), lane_sum = splat(T(0));
+  for (int64_t j = 0; j < kBlock; j += W) {
+    const Vec v = value(j, true);
+    lane_max = vmax<T>(lane_max, v);
+    lane_sum += vexp(v - ref);
+  }
+  const T block_max = horizontal_max<T>(lane_max);
+  if (have_ref && block_max <= lse.max + kHeadroom<T>) {
+    lse.add(block_max, lse.max, horizontal_sum<T>(lane_sum));
+    return;
+  }
+  const Vec block_ref = splat(block_max);
+  lane_sum = splat(T(0));
+  for (int64_t j = 0; j < kBlock; j += W) lane_sum += vexp(value(j, false) - block_ref);
+  lse.add(block_max, block_max, horizontal_sum<T>(lane_sum));
+}
+
 template <typename T>
-void forward_rows(const T* x, const Components<T>& c, int64_t B, int64_t D, const MixtureWeights& w,
+void forward_rows(const T* x, const Components<T>& c, int64_t D, const MixtureWeights& w,
                   int64_t row_begin, int64_t row_end, T* joint, T* marginal) {
-  std::vector<T> log_w(kBlock), sum_f(kBlock), v(kBlock);
+  using Vec = typename Simd<T>::Vec;
+  alignas(64) T log_w[kBlock], sum_f[kBlock];
   std::vector<LogSumExp<T>> lse_marginal(D);
   for (int64_t i = row_begin; i < row_end; ++i) {
     LogSumExp<T> lse_joint;
     std::fill(lse_marginal.begin(), lse_marginal.end(), LogSumExp<T>{});
-    for (int64_t j0 = 0; j0 < B; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, B - j0);
-      fill_log_weights(w, i, j0, n, B, log_w.data());
-      std::copy(log_w.begin(), log_w.begin() + n, sum_f.begin());
+    for (int64_t j0 = 0; j0 < c.padded; j0 += kBlock) {
+      fill_log_weights(w, i, j0, c.B, log_w);
+      std::copy(log_w, log_w + kBlock, sum_f);
       for (int64_t d = 0; d < D; ++d) {
-        const T xd = x[i * D + d];
-        const T* mu = c.mu.data() + d * B + j0;
-        const T* iv = c.inv_var.data() + d * B + j0;
-        const T* nm = c.norm.data() + d * B + j0;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          const T diff = xd - mu[j];
-          const T f = T(-0.5) * (diff * diff * iv[j] + nm[j]);
-          sum_f[j] += f;
-          v[j] = f + log_w[j];
-        }
-        lse_marginal[d].add(v.data(), n);
+        const Vec xd = splat(x[i * D + d]);
+        const T* mu = c.mu.data() + d * c.padded + j0;
+        const T* iv = c.inv_var.data() + d * c.padded + j0;
+        const T* nm = c.norm.data() + d * c.padded + j0;
+        add_block(lse_marginal[d], [&](int64_t j, bool first_pass) {
+          const Vec diff = xd - load(mu + j);
+          const Vec f = T(-0.5) * (diff * diff * load(iv + j) + load(nm + j));
+          if (first_pass) store(sum_f + j, load(sum_f + j) + f);
+          return f + load(log_w + j);
+        });
       }
-      lse_joint.add(sum_f.data(), n);
+      add_block(lse_joint, [&](int64_t j, bool) { return load(sum_f + j); });
     }
     joint[i] = lse_joint.value();
     for (int64_t d = 0; d < D; ++d) marginal[i * D + d] = lse_marginal[d].value();
@@ -134,48 +173,48 @@ void forward_rows(const T* x, const Components<T>& c, int64_t B, int64_t D, cons
 // ([D][stride], entry k holding component panel_begin + k).
 template <typename T>
 void backward_rows(const T* grad_joint, const T* grad_marginal, const T* x, const T* joint,
-                   const T* marginal, const Components<T>& c, int64_t B, int64_t D,
-                   const MixtureWeights& w, int64_t row_begin, int64_t row_end, int64_t panel_begin,
-                   int64_t panel_end, int64_t stride, T* dx, T* dmu_t, T* dlv_t) {
-  std::vector<T> log_w(kBlock), p(kBlock);
+                   const T* marginal, const Components<T>& c, int64_t D, const MixtureWeights& w,
+                   int64_t row_begin, int64_t row_end, int64_t panel_begin, int64_t panel_end,
+                   int64_t stride, T* dx, T* dmu_t, T* dlv_t) {
+  using Vec = typename Simd<T>::Vec;
+  constexpr int64_t W = Simd<T>::width;
+  alignas(64) T log_w[kBlock], p[kBlock];
   for (int64_t i = row_begin; i < row_end; ++i) {
-    const T gj = grad_joint[i], ji = joint[i];
+    const Vec gj = splat(grad_joint[i]), ji = splat(joint[i]);
     for (int64_t j0 = panel_begin; j0 < panel_end; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, panel_end - j0);
-      fill_log_weights(w, i, j0, n, B, log_w.data());
-      std::copy(log_w.begin(), log_w.begin() + n, p.begin());
+      fill_log_weights(w, i, j0, c.B, log_w);
+      std::copy(log_w, log_w + kBlock, p);
       for (int64_t d = 0; d < D; ++d) {
-        const T xd = x[i * D + d];
-        const T* mu = c.mu.data() + d * B + j0;
-        const T* iv = c.inv_var.data() + d * B + j0;
-        const T* nm = c.norm.data() + d * B + j0;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          const T diff = xd - mu[j];
-          p[j] += T(-0.5) * (diff * diff * iv[j] + nm[j]);
+        const Vec xd = splat(x[i * D + d]);
+        const T* mu = c.mu.data() + d * c.padded + j0;
+        const T* iv = c.inv_var.data() + d * c.padded + j0;
+        const T* nm = c.norm.data() + d * c.padded + j0;
+        for (int64_t j = 0; j < kBlock; j += W) {
+          const Vec diff = xd - load(mu + j);
+          store(p + j, load(p + j) + T(-0.5) * (diff * diff * load(iv + j) + load(nm + j)));
         }
       }
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) p[j] = gj * vexp(p[j] - ji);  // grad_joint * P_ij
+      for (int64_t j = 0; j < kBlock; j += W) store(p + j, gj * vexp(load(p + j) - ji));  // gJ_i P_ij
       for (int64_t d = 0; d < D; ++d) {
-        const T xd = x[i * D + d], gm = grad_marginal[i * D + d], mid = marginal[i * D + d];
-        const T* mu = c.mu.data() + d * B + j0;
-        const T* iv = c.inv_var.data() + d * B + j0;
-        const T* nm = c.norm.data() + d * B + j0;
+        const Vec xd = splat(x[i * D + d]), gm = splat(grad_marginal[i * D + d]);
+        const Vec shift = splat(marginal[i * D + d]);
+        const T* mu = c.mu.data() + d * c.padded + j0;
+        const T* iv = c.inv_var.data() + d * c.padded + j0;
+        const T* nm = c.norm.data() + d * c.padded + j0;
         T* dmu = dmu_t + d * stride + (j0 - panel_begin);
         T* dlv = dlv_t + d * stride + (j0 - panel_begin);
-        T dx_acc = 0;
-#pragma omp simd reduction(+ : dx_acc)
-        for (int64_t j = 0; j < n; ++j) {
-          const T diff = xd - mu[j];
-          const T scaled = diff * iv[j];
-          const T sq = diff * scaled;
-          const T g = p[j] + gm * vexp(T(-0.5) * (sq + nm[j]) + log_w[j] - mid);
+        Vec dx_acc = splat(T(0));
+        for (int64_t j = 0; j < kBlock; j += W) {
+          const Vec diff = xd - load(mu + j);
+          const Vec scaled = diff * load(iv + j);
+          const Vec sq = diff * scaled;
+          const Vec r = vexp(T(-0.5) * (sq + load(nm + j)) + load(log_w + j) - shift);
+          const Vec g = load(p + j) + gm * r;
           dx_acc -= g * scaled;
-          dmu[j] += g * scaled;
-          dlv[j] += g * T(0.5) * (sq - T(1));
+          store(dmu + j, load(dmu + j) + g * scaled);
+          store(dlv + j, load(dlv + j) + g * T(0.5) * (sq - T(1)));
         }
-        dx[i * D + d] += dx_acc;
+        dx[i * D + d] += horizontal_sum<T>(dx_acc);
       }
     }
   }
@@ -188,7 +227,7 @@ void mixture_log_density_forward(const T* x, const T* mu, const T* logvar, int64
                                  int64_t D, MixtureWeights w, T* joint, T* marginal, int threads) {
   const Components<T> c(mu, logvar, B, D);
   parallel_for(Q, threads, [&](int64_t begin, int64_t end, int) {
-    forward_rows(x, c, B, D, w, begin, end, joint, marginal);
+    forward_rows(x, c, D, w, begin, end, joint, marginal);
   });
 }
 
@@ -202,18 +241,18 @@ void mixture_log_density_backward(const T* grad_joint, const T* grad_marginal, c
   // Panel width: the per-thread dmu / dlogvar buffers (2 * D * width each) stay within
   // scratch_bytes, in whole blocks, at least one block.
   const int64_t per_column = int64_t(threads) * 2 * D * int64_t(sizeof(T));
-  const int64_t width = std::min(B, std::max(kBlock, scratch_bytes / per_column / kBlock * kBlock));
+  const int64_t width = std::min(c.padded, std::max(kBlock, scratch_bytes / per_column / kBlock * kBlock));
   std::vector<T> scratch(size_t(threads) * 2 * D * width);
   std::fill(dx, dx + Q * D, T(0));
-  for (int64_t p0 = 0; p0 < B; p0 += width) {
-    const int64_t p1 = std::min(B, p0 + width), pw = p1 - p0;
+  for (int64_t p0 = 0; p0 < c.padded; p0 += width) {
+    const int64_t p1 = std::min(c.padded, p0 + width), pw = std::min(B, p1) - p0;
     std::fill(scratch.begin(), scratch.end(), T(0));
     parallel_for(Q, threads, [&](int64_t begin, int64_t end, int t) {
       T* dmu_t = scratch.data() + size_t(t) * 2 * D * width;
-      backward_rows(grad_joint, grad_marginal, x, joint, marginal, c, B, D, w, begin, end, p0, p1,
+      backward_rows(grad_joint, grad_marginal, x, joint, marginal, c, D, w, begin, end, p0, p1,
                     width, dx, dmu_t, dmu_t + D * width);
     });
-    // Sum the thread buffers (stride `width`, first pw columns used) into [B, D] outputs.
+    // Sum the thread buffers (stride `width`, the first pw columns are real) into [B, D] outputs.
     parallel_for(pw, threads, [&](int64_t begin, int64_t end, int) {
       for (int64_t k = begin; k < end; ++k)
         for (int64_t d = 0; d < D; ++d) {
@@ -235,7 +274,7 @@ void mixture_log_density_backward(const T* grad_joint, const T* grad_marginal, c
                                                int64_t, MixtureWeights, T*, T*, int);           \
   template void mixture_log_density_backward<T>(const T*, const T*, const T*, const T*,         \
                                                 const T*, const T*, const T*, int64_t, int64_t, \
-                                                int64_t, MixtureWeights, T*, T*, T*, int,     \
+                                                int64_t, MixtureWeights, T*, T*, T*, int,       \
                                                 int64_t);
 MSVAE_INSTANTIATE(float)
 MSVAE_INSTANTIATE(double)
