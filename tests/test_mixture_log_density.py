@@ -294,3 +294,30 @@ def test_environment_variable_selects_backend(monkeypatch):
     monkeypatch.delenv("MSVAE_BACKEND")
     expected = "cpu" if ("cpu", "cpu") in CASES else "reference"
     assert select_backend(torch.device("cpu"), None) == expected
+
+
+# ---- property-based: random shapes, schemes and scales ------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(Q=st.integers(1, 40), B=st.integers(1, 300), D=st.integers(1, 9),
+       weights=st.sampled_from(["mws", "mss", "uniform"]), scale=st.floats(0.01, 30.0),
+       seed=st.integers(0, 2 ** 31 - 1))
+def test_cpu_matches_reference_on_random_problems(Q, B, D, weights, scale, seed):
+    if ("cpu", "cpu") not in CASES:
+        pytest.skip("cpu backend not built")
+    if weights == "mss":
+        Q = B
+    g = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(Q, D, dtype=torch.float64, generator=g)
+    mu = scale * torch.randn(B, D, dtype=torch.float64, generator=g)
+    logvar = torch.empty(B, D, dtype=torch.float64).uniform_(-8.0, 4.0, generator=g)
+    inputs = [t.requires_grad_() for t in (x, mu, logvar)]
+    results = []
+    for name in ("cpu", "reference"):
+        joint, marginal = mixture_log_density(*inputs, weights=weights, dataset_size=10 ** 6, backend=name)
+        results.append((joint, marginal, *torch.autograd.grad(joint.sum() + marginal.sum(), inputs)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
