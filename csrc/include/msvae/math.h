@@ -4,7 +4,7 @@
 #include <cstring>
 
 #if defined(__CUDACC__)
-#define MSVAE_HOST_DEVICE __host__ __device__ __forceinline__
+#define MSVAE_HOST_DEVICE __host__ __device__
 #else
 #define MSVAE_HOST_DEVICE
 #endif
