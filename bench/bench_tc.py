@@ -148,8 +148,10 @@ def main(argv=None):
     parser.add_argument("--D", type=int, nargs="+")
     parser.add_argument("--impls", nargs="+")
     parser.add_argument("--modes", nargs="+", default=["forward", "forward_backward"])
-    parser.add_argument("--skip-reference-above", type=int, default=None,
-                        help="skip eager/compiled reference when B exceeds this (they run out of memory)")
+    parser.add_argument("--reference-max-B", type=int, default=None,
+                        help="skip the eager reference above this B (default: CPU 4096, CUDA 16384)")
+    parser.add_argument("--compiled-max-B", type=int, default=None,
+                        help="skip torch.compile(reference) above this B (default: CPU 4096, CUDA 4096)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     cpu = args.device == "cpu"
@@ -157,7 +159,8 @@ def main(argv=None):
     Ds = args.D or ([10, 32] if cpu else [10, 32, 64])
     fused = [b for b in (["cpu"] if cpu else ["triton", "cuda"]) if available_backends()[b] is None]
     impls = args.impls or ["reference", "compiled_reference", *fused]
-    skip_above = args.skip_reference_above or (None if cpu else 16384)
+    max_B = {"reference": args.reference_max_B or (4096 if cpu else 16384),
+             "compiled_reference": args.compiled_max_B or 4096}
     exp_rate = None if cpu else exp_rate_per_s()
 
     rows = []
@@ -165,8 +168,8 @@ def main(argv=None):
         for B in Bs:
             results = {}
             for name in impls:
-                if skip_above and "reference" in name and B > skip_above:
-                    results[name] = {m: (None, None, f"skipped (B > {skip_above})") for m in args.modes}
+                if name in max_B and B > max_B[name]:
+                    results[name] = {m: (None, None, f"skipped (B > {max_B[name]})") for m in args.modes}
                     continue
                 try:
                     results[name] = measure(name, B, D, args.device, args.modes)

@@ -15,8 +15,8 @@ import torch
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 
 try:
-    from msvae import _C
-except ImportError as error:  # running from a source tree that was never built
+    _C = importlib.import_module("msvae._C")
+except ImportError as error:  # e.g. importing the source tree, which holds no compiled module
     _C = None
     _C_IMPORT_ERROR = error
 else:
