@@ -211,7 +211,7 @@ def markdown_table(rows, with_bound=False):
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = (f"| {r['impl']} | {r['B']} | {r['D']} | {r['mode']} | {fmt(r['median_ms'], '.2f')} "
-                f"| {fmt(r['speedup_vs_reference'], '.1f')} | {fmt(r['peak_mib'], '.1f')} |")
+                f"| {fmt(r['speedup_vs_reference'], '.1f')} | {fmt(r['peak_mib'], '.2f')} |")
         if with_bound:
             line += f" {fmt(r.get('exp_bound_fraction'), '.1%')} |"
         if r["note"]:
