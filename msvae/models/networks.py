@@ -1,0 +1,103 @@
+"""Encoders and decoders: convolutional for 64x64 images, MLP for vectors.
+
+Encoders map data to the parameters ``(mu, logvar)`` of a diagonal Gaussian posterior ``[B, D]``;
+decoders map codes ``[B, D]`` to the decoder output (Bernoulli logits or Gaussian means) in the
+data's shape.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _check_image(x: Tensor, channels: int, name: str = "x") -> None:
+    if x.dim() != 4 or x.shape[1:] != (channels, 64, 64):
+        raise ValueError(f"{name} must have shape [B, {channels}, 64, 64], got {tuple(x.shape)}")
+
+
+class ConvEncoder(nn.Module):
+    """Burgess et al. (2018) encoder: 4 stride-2 4x4 convolutions, two dense layers, then ``(mu, logvar)``.
+
+    x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``.
+    """
+
+    def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256):
+        super().__init__()
+        self.channels, self.latent_dim = channels, latent_dim
+        convs, c = [], channels
+        for _ in range(4):
+            convs += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.ReLU()]
+            c = width
+        self.features = nn.Sequential(*convs, nn.Flatten())  # [B, width * 4 * 4]
+        self.head = nn.Sequential(nn.Linear(width * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                  nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_image(x, self.channels)
+        mu, logvar = self.head(self.features(x)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of ``ConvEncoder``: z ``[B, latent_dim]`` -> output ``[B, C, 64, 64]`` (logits or means)."""
+
+    def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256):
+        super().__init__()
+        self.latent_dim, self.width = latent_dim, width
+        self.head = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                  nn.ReLU(), nn.Linear(hidden, width * 16), nn.ReLU())
+        deconvs = []
+        for i in range(4):
+            last = i == 3
+            deconvs.append(nn.ConvTranspose2d(width, channels if last else width, 4, stride=2, padding=1))
+            if not last:
+                deconvs.append(nn.ReLU())
+        self.deconvs = nn.Sequential(*deconvs)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape [B, {self.latent_dim}], got {tuple(z.shape)}")
+        return self.deconvs(self.head(z).view(-1, self.width, 4, 4))
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x ``[B, features]`` -> mu, logvar ``[B, latent_dim]``."""
+
+    def __init__(self, features: int, latent_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.features, self.latent_dim = features, latent_dim
+        self.net = _mlp([features, *hidden, 2 * latent_dim])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"x must have shape [B, {self.features}], got {tuple(x.shape)}")
+        mu, logvar = self.net(x).chunk(2, dim=1)
+        return mu, logvar
+
+
+class MLPDecoder(nn.Module):
+    """z ``[B, latent_dim]`` -> output ``[B, features]``."""
+
+    def __init__(self, latent_dim: int, features: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = _mlp([latent_dim, *hidden, features])
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape [B, {self.latent_dim}], got {tuple(z.shape)}")
+        return self.net(z)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()

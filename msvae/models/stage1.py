@@ -1,0 +1,161 @@
+"""Stage 1: a VAE trained with a disentangling objective (beta-TCVAE by default)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from msvae.losses import BetaTCVAELoss, reconstruction_nll
+from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
+from msvae.models.training import (linear_warmup, load_checkpoint, random_batches, run_steps,
+                                   save_checkpoint)
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class DisentangledVAE(nn.Module):
+    """A VAE with a diagonal Gaussian posterior and a standard normal prior on ``z``.
+
+    Build with ``DisentangledVAE.for_images(latent_dim)`` (64x64 conv nets) or
+    ``DisentangledVAE.for_vectors(features, latent_dim)`` (MLPs); train with ``fit`` using any loss
+    of ``msvae.losses`` (default: beta-TCVAE); ``encode`` / ``decode`` / ``reconstruct``;
+    ``save`` / ``load`` to one file (weights + config, loaded without unpickling code).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: str = "bernoulli",
+                 config: dict | None = None):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.config = dict(config or {}, likelihood=likelihood)
+        self.history: list[dict] = []
+
+    @classmethod
+    def for_images(cls, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256,
+                   likelihood: str = "bernoulli") -> "DisentangledVAE":
+        config = dict(kind="image", latent_dim=latent_dim, channels=channels, width=width, hidden=hidden)
+        return cls(ConvEncoder(latent_dim, channels, width, hidden),
+                   ConvDecoder(latent_dim, channels, width, hidden), likelihood, config)
+
+    @classmethod
+    def for_vectors(cls, features: int, latent_dim: int, hidden: tuple[int, ...] = (256, 256),
+                    likelihood: str = "gaussian") -> "DisentangledVAE":
+        config = dict(kind="vector", features=features, latent_dim=latent_dim, hidden=list(hidden))
+        return cls(MLPEncoder(features, latent_dim, tuple(hidden)),
+                   MLPDecoder(latent_dim, features, tuple(hidden)), likelihood, config)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config["latent_dim"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x -> dict(mu, logvar, z [B, D], output: decoder logits/means like x)."""
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar)
+        return {"mu": mu, "logvar": logvar, "z": z, "output": self.decoder(z)}
+
+    def mean_output(self, output: Tensor) -> Tensor:
+        """Decoder output -> the mean of p(x | z) (sigmoid of logits for Bernoulli)."""
+        return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, sample: bool = False) -> Tensor:
+        """x -> posterior means ``[B, D]`` (or a sample when ``sample``)."""
+        mu, logvar = self.encoder(x.to(self.device))
+        return reparameterize(mu, logvar) if sample else mu
+
+    @torch.no_grad()
+    def encode_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (mu, logvar) ``[B, D]`` each."""
+        return self.encoder(x.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """z ``[B, D]`` -> mean of p(x | z) in the data's shape."""
+        return self.mean_output(self.decoder(z.to(self.device)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Mean of p(x | z = posterior mean)."""
+        return self.decode(self.encode(x))
+
+    def fit(self, data: Tensor | Dataset, *, loss: nn.Module | None = None, steps: int = 10_000,
+            batch_size: int = 64, lr: float = 5e-4, penalty_warmup: int = 0,
+            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
+            resume: bool = True, log_every: int = 50, progress: bool = True,
+            seed: int = 0, time_limit: float | None = None) -> list[dict]:
+        """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset).
+
+        ``loss`` defaults to ``BetaTCVAELoss(dataset_size=len(data))``; ``penalty_warmup`` ramps the
+        part of the loss beyond the reconstruction term linearly from 0 over that many steps. With
+        ``checkpoint_dir``, ``stage1.pt`` there holds model, optimiser, step, RNG and history,
+        written every ``checkpoint_every`` steps; with ``resume`` training continues from it.
+        ``time_limit`` (seconds) stops training early.
+        Returns the history: every ``log_every`` steps, the mean of the loss terms.
+        """
+        loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        path = Path(checkpoint_dir) / "stage1.pt" if checkpoint_dir is not None else None
+        start = 0
+        state = load_checkpoint(path) if (path is not None and resume) else None
+        if state is not None:
+            self.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start, self.history = state["step"], state["history"]
+        batches = random_batches(data, batch_size, generator, self.device)
+
+        def step_fn(step: int) -> dict[str, float]:
+            x = next(batches)
+            out = self(x)
+            total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
+            if penalty_warmup > 0:
+                recon = reconstruction_nll(x, out["output"], self.likelihood).mean()
+                total = recon + linear_warmup(step, penalty_warmup) * (total - recon)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            return {k: float(v) for k, v in terms.items()}
+
+        def checkpoint(step: int) -> None:
+            save_checkpoint(path, {"model": self.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                                   "step": step, "history": self.history, "config": self.config})
+
+        self.train()
+        run_steps(step_fn, start=start, steps=steps, history=self.history, log_every=log_every,
+                  checkpoint=checkpoint if path is not None else None,
+                  checkpoint_every=checkpoint_every, progress=progress, desc="stage 1",
+                  time_limit=time_limit)
+        self.eval()
+        return self.history
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights and config in one file."""
+        save_checkpoint(path, {"config": self.config, "model": self.state_dict(), "history": self.history})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> "DisentangledVAE":
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        config = dict(state["config"])
+        kind, likelihood = config.pop("kind"), config.pop("likelihood")
+        if kind == "image":
+            model = cls.for_images(likelihood=likelihood, **config)
+        elif kind == "vector":
+            model = cls.for_vectors(likelihood=likelihood, **config)
+        else:
+            raise ValueError(f"unknown model kind {kind!r} in {path}")
+        model.load_state_dict(state["model"])
+        model.history = state.get("history", [])
+        return model.eval()

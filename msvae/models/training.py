@@ -1,0 +1,102 @@
+"""Training utilities shared by the stages: endless random batches, checkpoints, the progress loop."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+
+def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """Endless batches ``[batch_size, ...]`` of items drawn uniformly with replacement.
+
+    ``data`` is a tensor ``[N, ...]`` or a map-style dataset; a dataset with ``__getitems__``
+    (a list of indices -> a batch tensor) is asked for whole batches, otherwise items are stacked.
+    Items that are tuples contribute their first element.
+    """
+    n = len(data)
+    if n == 0:
+        raise ValueError("data is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    while True:
+        index = torch.randint(n, (batch_size,), generator=generator)
+        if isinstance(data, Tensor):
+            batch = data[index]
+        elif hasattr(data, "__getitems__"):
+            batch = data.__getitems__(index.tolist())
+        else:
+            items = [data[i] for i in index.tolist()]
+            batch = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        yield torch.as_tensor(batch).to(device, non_blocking=True).float()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Writes ``state`` atomically (a crash mid-write never corrupts the previous checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict | None:
+    """The state saved at ``path`` or None when there is none. Loads tensors and plain containers
+    only (``weights_only=True``): no pickled code runs."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    """0 -> 1 linearly over ``warmup_steps`` (1 throughout when ``warmup_steps`` is 0)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int,
+              history: list[dict], log_every: int = 50,
+              checkpoint: Callable[[int], None] | None = None, checkpoint_every: int = 1000,
+              progress: bool = True, desc: str = "training",
+              time_limit: float | None = None) -> list[dict]:
+    """Calls ``step_fn(step)`` for step in [start, steps), with a progress bar showing the running
+    mean of the returned terms. Every ``log_every`` steps their mean is appended to ``history``
+    (with the step); ``checkpoint(step)`` runs every ``checkpoint_every`` steps and at the end.
+    With ``time_limit`` (seconds) training stops early, at the end of the step that reaches it.
+    Non-finite terms stop training with a ``FloatingPointError``.
+    """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    sums: dict[str, float] = {}
+    count = 0
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress,
+               dynamic_ncols=True)
+    for step in bar:
+        terms = step_fn(step)
+        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"non-finite {bad} at step {step}: {terms}")
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        done = step + 1
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if done % log_every == 0 or done == steps or out_of_time:
+            means = {k: v / count for k, v in sums.items()}
+            history.append({"step": done, **means})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("loss", "recon", "kl", "tc")})
+            sums, count = {}, 0
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time):
+            checkpoint(done)
+        if out_of_time:
+            break
+    bar.close()
+    return history

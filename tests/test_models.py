@@ -1,0 +1,100 @@
+"""msvae.models: network shapes, stage-1 training, checkpoints, resume, save/load."""
+import pytest
+import torch
+
+from msvae.losses import BetaVAELoss
+from msvae.models import ConvDecoder, ConvEncoder, DisentangledVAE, MLPDecoder, MLPEncoder
+
+
+def toy_images(n=256, seed=0):
+    """Binary 64x64 images of a square at a random position: one easy factor of variation."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 64, 64)
+    pos = torch.randint(4, 44, (n, 2), generator=g)
+    for k, (r, c) in enumerate(pos.tolist()):
+        images[k, 0, r:r + 16, c:c + 16] = 1.0
+    return images
+
+
+def test_network_shapes():
+    x = torch.rand(3, 1, 64, 64)
+    mu, logvar = ConvEncoder(latent_dim=7)(x)
+    assert mu.shape == logvar.shape == (3, 7)
+    assert ConvDecoder(latent_dim=7)(mu).shape == (3, 1, 64, 64)
+    assert ConvDecoder(latent_dim=5, channels=3)(torch.randn(2, 5)).shape == (2, 3, 64, 64)
+    mu, logvar = MLPEncoder(11, 4)(torch.randn(5, 11))
+    assert mu.shape == (5, 4)
+    assert MLPDecoder(4, 11)(mu).shape == (5, 11)
+
+
+def test_networks_reject_bad_shapes():
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 1, 64, 64\]"):
+        ConvEncoder()(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"z must have shape \[B, 10\]"):
+        ConvDecoder()(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="x must have shape"):
+        MLPEncoder(5, 2)(torch.rand(2, 6))
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        DisentangledVAE.for_images(likelihood="poisson")
+
+
+def test_fit_lowers_the_loss_and_writes_history():
+    torch.manual_seed(0)
+    data = toy_images()
+    model = DisentangledVAE.for_images(latent_dim=4, width=16, hidden=64)
+    history = model.fit(data, steps=60, batch_size=32, lr=1e-3, log_every=10, progress=False)
+    assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
+    assert {"loss", "recon", "kl", "mi", "tc", "dwkl"} <= set(history[0])
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    x = data[:5]
+    assert model.encode(x).shape == (5, 4)
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape and 0 <= float(recon.min()) and float(recon.max()) <= 1
+
+
+def test_fit_with_other_loss_and_warmup_on_vectors():
+    data = torch.randn(500, 6) @ torch.randn(6, 6)
+    model = DisentangledVAE.for_vectors(6, 3, hidden=(32,))
+    history = model.fit(data, loss=BetaVAELoss(beta=2.0, recon="gaussian"), steps=80, batch_size=50,
+                        lr=3e-3, penalty_warmup=40, log_every=20, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    data = toy_images(64)
+    kwargs = dict(steps=12, batch_size=16, lr=1e-3, log_every=4, progress=False, checkpoint_every=6)
+    straight = DisentangledVAE.for_images(latent_dim=3, width=8, hidden=32)
+    torch.manual_seed(1)
+    state = {k: v.clone() for k, v in straight.state_dict().items()}
+    straight.fit(data, **kwargs)
+
+    interrupted = DisentangledVAE.for_images(latent_dim=3, width=8, hidden=32)
+    interrupted.load_state_dict(state)
+    interrupted.fit(data, checkpoint_dir=tmp_path, **{**kwargs, "steps": 6})
+    assert (tmp_path / "stage1.pt").exists()
+    resumed = DisentangledVAE.for_images(latent_dim=3, width=8, hidden=32)
+    resumed.fit(data, checkpoint_dir=tmp_path, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    # The history carries over: the first run's logs (to its end at step 6), then the resumed ones.
+    assert [h["step"] for h in resumed.history] == [4, 6, 8, 12]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = DisentangledVAE.for_images(latent_dim=5, width=8, hidden=32).eval()
+    model.save(tmp_path / "m.pt")
+    loaded = DisentangledVAE.load(tmp_path / "m.pt")
+    x = toy_images(4)
+    torch.testing.assert_close(loaded.encode(x), model.encode(x))
+    assert loaded.config == model.config
+    vec = DisentangledVAE.for_vectors(7, 2, hidden=(16, 16))
+    vec.save(tmp_path / "v.pt")
+    assert DisentangledVAE.load(tmp_path / "v.pt").config == vec.config
+
+
+def test_time_limit_stops_early(tmp_path):
+    model = DisentangledVAE.for_images(latent_dim=2, width=8, hidden=16)
+    history = model.fit(toy_images(32), steps=10_000, batch_size=8, time_limit=0.0, log_every=100,
+                        progress=False, checkpoint_dir=tmp_path)
+    assert [h["step"] for h in history] == [1]
+    assert (tmp_path / "stage1.pt").exists()
