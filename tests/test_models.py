@@ -98,3 +98,29 @@ def test_time_limit_stops_early(tmp_path):
                         progress=False, checkpoint_dir=tmp_path)
     assert [h["step"] for h in history] == [1]
     assert (tmp_path / "stage1.pt").exists()
+
+
+def test_random_batches_from_tensors_and_datasets():
+    from torch.utils.data import Dataset
+
+    from msvae.models.training import random_batches
+
+    data = torch.arange(10.0)[:, None]
+
+    class Items(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return data[i], i
+
+    class Batched(Items):
+        def __getitems__(self, indices):
+            return [data[i] for i in indices]
+
+    for source in (data, Items(), Batched()):
+        batch = next(random_batches(source, 6, torch.Generator().manual_seed(0)))
+        assert batch.shape == (6, 1) and batch.dtype == torch.float32
+        assert set(batch.flatten().tolist()) <= set(range(10))
+    with pytest.raises(ValueError, match="data is empty"):
+        next(random_batches(torch.zeros(0, 2), 4, torch.Generator()))

@@ -18,8 +18,8 @@ def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Gen
     """Endless batches ``[batch_size, ...]`` of items drawn uniformly with replacement.
 
     ``data`` is a tensor ``[N, ...]`` or a map-style dataset; a dataset with ``__getitems__``
-    (a list of indices -> a batch tensor) is asked for whole batches, otherwise items are stacked.
-    Items that are tuples contribute their first element.
+    (a list of indices -> the list of items, or one batch tensor) is asked for whole batches.
+    Items are stacked; items that are tuples contribute their first element.
     """
     n = len(data)
     if n == 0:
@@ -30,14 +30,12 @@ def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Gen
         index = torch.randint(n, (batch_size,), generator=generator)
         if isinstance(data, Tensor):
             batch = data[index]
-        elif hasattr(data, "__getitems__"):
-            batch = data.__getitems__(index.tolist())
         else:
-            items = [data[i] for i in index.tolist()]
-            batch = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        yield torch.as_tensor(batch).to(device, non_blocking=True).float()
+            items = (data.__getitems__(index.tolist()) if hasattr(data, "__getitems__")
+                     else [data[i] for i in index.tolist()])
+            batch = items if isinstance(items, Tensor) else torch.stack(
+                [torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item) for item in items])
+        yield batch.to(device, non_blocking=True).float()
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
