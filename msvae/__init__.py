@@ -1,5 +1,16 @@
-"""msvae: multi-stage disentangled generative modelling with fused kernels."""
-from msvae import losses, ops
+"""msvae: multi-stage disentangled generative modelling with fused kernels.
+
+Subpackages load on first use (``msvae.metrics`` pulls in scikit-learn, for example):
+``ops``, ``losses``, ``priors``, ``models``, ``flows``, ``data``, ``metrics``, ``evaluation``, ``plotting``.
+"""
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["losses", "ops", "__version__"]
+_SUBMODULES = ("data", "evaluation", "flows", "losses", "metrics", "models", "ops", "plotting", "priors")
+__all__ = [*_SUBMODULES, "__version__"]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"msvae.{name}")
+    raise AttributeError(f"module 'msvae' has no attribute {name!r}")

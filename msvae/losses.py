@@ -1,4 +1,5 @@
-"""Drop-in VAE objectives: ``nn.Module`` losses and their functional twins.
+"""Drop-in VAE objectives: ``nn.Module`` losses and their functional twins — beta-VAE, beta-TCVAE,
+FactorVAE, DIP-VAE and the alpha/beta decomposition objective with structured priors.
 
 Every loss takes ``(x, x_logits_or_mean, z, mu, logvar)`` — the data batch ``[B, ...]``, the
 decoder output of the same shape (Bernoulli logits or Gaussian means), the sampled codes
@@ -12,9 +13,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from msvae.ops import mixture_log_density
 from msvae.ops.reference import gaussian_log_density
+from msvae.priors import AnisotropicGaussian, LearnedPrior, as_distribution
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 Reconstruction = str | Callable[[Tensor, Tensor], Tensor]
@@ -127,3 +130,267 @@ class BetaTCVAELoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, "
                 f"gamma={self.gamma}, estimator={self.estimator!r}")
+
+
+# ---- FactorVAE ------------------------------------------------------------------------------
+
+def factor_vae_discriminator(latent_dim: int, hidden: int = 1000, layers: int = 6) -> nn.Module:
+    """The FactorVAE discriminator (Kim & Mnih 2018): an MLP of ``layers`` linear layers, ``hidden``
+    units, LeakyReLU(0.2), mapping ``z [B, D]`` to 2 logits (0: "from q(z)", 1: "permuted")."""
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+    if layers < 2 or hidden < 1:
+        raise ValueError(f"layers must be >= 2 and hidden >= 1, got layers={layers}, hidden={hidden}")
+    widths = [latent_dim] + [hidden] * (layers - 1)
+    blocks = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.LeakyReLU(0.2))]
+    return nn.Sequential(*blocks, nn.Linear(hidden, 2))
+
+
+def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Shuffle each column of ``z [B, D]`` independently across the batch: a sample of the product of
+    the marginals ``prod_d q(z_d)`` that keeps every dimension's empirical marginal."""
+    if z.dim() != 2:
+        raise ValueError(f"z must be 2-D [B, D], got shape {tuple(z.shape)}")
+    order = torch.rand(z.shape, generator=generator, device=z.device).argsort(0)
+    return z.gather(0, order)
+
+
+def _discriminator_logits(discriminator: nn.Module, z: Tensor, *, track_parameters: bool) -> Tensor:
+    if track_parameters:
+        logits = discriminator(z)
+    else:  # gradient reaches z only, never the discriminator's parameters
+        frozen = {name: t.detach() for name, t in
+                  [*discriminator.named_parameters(), *discriminator.named_buffers()]}
+        logits = torch.func.functional_call(discriminator, frozen, (z,))
+    if logits.shape != (z.shape[0], 2):
+        raise ValueError(f"discriminator must map [B, D] codes to [B, 2] logits, got {tuple(logits.shape)}")
+    return logits
+
+
+def factor_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
+                    discriminator: nn.Module, gamma: float = 40.0,
+                    recon: Reconstruction = "bernoulli") -> tuple[Tensor, dict]:
+    """FactorVAE (Kim & Mnih 2018): ``recon + KL(q(z|x) || N(0, I)) + gamma * TC``.
+
+    ``TC = mean(D(z)_0 - D(z)_1)`` is the density-ratio estimate of KL(q(z) || prod_d q(z_d)) by the
+    discriminator, which is not updated here (its parameters get no gradient from this loss); train
+    it with ``FactorVAELoss.discriminator_step``.
+    """
+    _check_codes(x, z, mu, logvar)
+    nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
+    kl = gaussian_kl(mu, logvar).sum(1).mean()
+    logits = _discriminator_logits(discriminator, z, track_parameters=False)
+    tc = (logits[:, 0] - logits[:, 1]).mean()
+    loss = nll + kl + gamma * tc
+    return loss, {"loss": loss.detach(), "recon": nll.detach(), "kl": kl.detach(), "tc": tc.detach()}
+
+
+class FactorVAELoss(nn.Module):
+    """Module form of ``factor_vae_loss``, owning the discriminator (default ``factor_vae_discriminator``).
+
+    Training protocol of the paper, per step: draw two batches; the VAE update uses batch 1
+    (``loss_fn(x1, ...)``, backward, step); then ``loss_fn.discriminator_step(z1, optimizer, z2)``
+    trains the discriminator to tell batch 1's codes (class 0) from batch 2's codes with each dimension
+    shuffled (class 1). Passing only ``z1`` permutes batch 1 itself, a common simplification. Give the
+    discriminator its own optimiser (the paper: Adam, lr 1e-4, betas (0.5, 0.9)).
+    """
+
+    def __init__(self, latent_dim: int, gamma: float = 40.0, discriminator: nn.Module | None = None,
+                 recon: Reconstruction = "bernoulli"):
+        super().__init__()
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        if discriminator is None:
+            discriminator = factor_vae_discriminator(latent_dim)
+        self.discriminator = discriminator
+        self.latent_dim, self.gamma, self.recon = latent_dim, gamma, recon
+
+    def forward(self, x, x_logits_or_mean, z, mu, logvar):
+        return factor_vae_loss(x, x_logits_or_mean, z, mu, logvar, discriminator=self.discriminator,
+                               gamma=self.gamma, recon=self.recon)
+
+    def discriminator_loss(self, z: Tensor, z_permuted_source: Tensor | None = None) -> Tensor:
+        """Cross-entropy of the discriminator on ``z`` (class 0) and ``permute_dims`` of
+        ``z_permuted_source`` (default ``z``; class 1), both detached, halves weighted equally."""
+        source = z if z_permuted_source is None else z_permuted_source
+        for name, t in (("z", z), ("z_permuted_source", source)):
+            if t.dim() != 2 or t.shape[1] != self.latent_dim:
+                raise ValueError(f"{name} must have shape [B, {self.latent_dim}], got {tuple(t.shape)}")
+        real = _discriminator_logits(self.discriminator, z.detach(), track_parameters=True)
+        fake = _discriminator_logits(self.discriminator, permute_dims(source.detach()), track_parameters=True)
+        return 0.5 * (F.cross_entropy(real, real.new_zeros(len(real), dtype=torch.long))
+                      + F.cross_entropy(fake, fake.new_ones(len(fake), dtype=torch.long)))
+
+    def discriminator_step(self, z: Tensor, optimizer: torch.optim.Optimizer,
+                           z_permuted_source: Tensor | None = None) -> float:
+        """One optimiser step on ``discriminator_loss``; returns the loss before the step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.discriminator_loss(z, z_permuted_source)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, gamma={self.gamma}"
+
+
+# ---- DIP-VAE --------------------------------------------------------------------------------
+
+def dip_covariance(mu: Tensor, logvar: Tensor, variant: str) -> Tensor:
+    """The covariance DIP-VAE pushes towards I, ``[D, D]`` over the batch: ``Cov[mu]`` (``"i"``) or
+    the aggregate posterior's ``E[diag(exp(logvar))] + Cov[mu]`` (``"ii"``); population (1/B) moments."""
+    centred = mu - mu.mean(0)
+    cov = centred.T @ centred / mu.shape[0]
+    return cov + torch.diag(logvar.exp().mean(0)) if variant == "ii" else cov
+
+
+def dip_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
+                 variant: str = "ii", lambda_od: float = 10.0, lambda_d: float | None = None,
+                 recon: Reconstruction = "bernoulli") -> tuple[Tensor, dict]:
+    """DIP-VAE (Kumar et al. 2018): ``recon + KL + lambda_od sum_{i!=j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2``
+    with ``C = dip_covariance(mu, logvar, variant)``; ``lambda_d`` defaults to the paper's
+    ``10 * lambda_od`` (DIP-VAE-I) or ``lambda_od`` (DIP-VAE-II)."""
+    if variant not in ("i", "ii"):
+        raise ValueError(f"variant must be 'i' or 'ii', got {variant!r}")
+    if lambda_d is None:
+        lambda_d = 10.0 * lambda_od if variant == "i" else lambda_od
+    if lambda_od < 0 or lambda_d < 0:
+        raise ValueError(f"lambda_od and lambda_d must be non-negative, got {lambda_od} and {lambda_d}")
+    _check_codes(x, z, mu, logvar)
+    nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
+    kl = gaussian_kl(mu, logvar).sum(1).mean()
+    cov = dip_covariance(mu, logvar, variant)
+    diag = cov.diagonal()
+    off_diagonal = cov.pow(2).sum() - diag.pow(2).sum()
+    diagonal = (diag - 1).pow(2).sum()
+    loss = nll + kl + lambda_od * off_diagonal + lambda_d * diagonal
+    terms = {"loss": loss, "recon": nll, "kl": kl, "dip_offdiag": off_diagonal, "dip_diag": diagonal}
+    return loss, {name: value.detach() for name, value in terms.items()}
+
+
+class DIPVAELoss(nn.Module):
+    """Module form of ``dip_vae_loss``."""
+
+    def __init__(self, variant: str = "ii", lambda_od: float = 10.0, lambda_d: float | None = None,
+                 recon: Reconstruction = "bernoulli"):
+        super().__init__()
+        if variant not in ("i", "ii"):
+            raise ValueError(f"variant must be 'i' or 'ii', got {variant!r}")
+        self.variant, self.lambda_od, self.lambda_d, self.recon = variant, lambda_od, lambda_d, recon
+
+    def forward(self, x, x_logits_or_mean, z, mu, logvar):
+        return dip_vae_loss(x, x_logits_or_mean, z, mu, logvar, variant=self.variant,
+                            lambda_od=self.lambda_od, lambda_d=self.lambda_d, recon=self.recon)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, lambda_od={self.lambda_od}, lambda_d={self.lambda_d}"
+
+
+# ---- the alpha/beta decomposition objective -------------------------------------------------
+
+DIVERGENCES = ("inclusive_kl", "mmd")
+IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def imq_mmd(a: Tensor, b: Tensor, scales: tuple[float, ...] = IMQ_SCALES) -> Tensor:
+    """Unbiased squared MMD between samples ``a [n, D]`` and ``b [m, D]`` (n, m >= 2), computed per
+    dimension and summed over dimensions, with the inverse-multiquadric kernel
+    ``k(s, t) = sum_{c in scales} c / (c + (s - t)^2)`` on scalars:
+
+        sum_d [ sum_{i!=j} k(a_id, a_jd) / (n(n-1)) + sum_{i!=j} k(b_id, b_jd) / (m(m-1))
+                - 2 sum_{i,j} k(a_id, b_jd) / (nm) ]
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must be [n, D] and [m, D], got {tuple(a.shape)} and {tuple(b.shape)}")
+    n, m = a.shape[0], b.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"the unbiased MMD needs at least 2 samples on each side, got {n} and {m}")
+
+    def kernel_sum(s: Tensor, t: Tensor) -> Tensor:  # sum over pairs, per dimension: [D]
+        sq = (s[:, None, :] - t[None, :, :]) ** 2
+        return sum(c / (c + sq) for c in scales).sum((0, 1))
+
+    diagonal = len(scales)  # k(s, s): each scale contributes c / c = 1
+    within_a = (kernel_sum(a, a) - n * diagonal) / (n * (n - 1))
+    within_b = (kernel_sum(b, b) - m * diagonal) / (m * (m - 1))
+    return (within_a + within_b - 2 * kernel_sum(a, b) / (n * m)).sum()
+
+
+def _prior_kl(z: Tensor, mu: Tensor, logvar: Tensor, prior: Distribution) -> Tensor:
+    """KL(q(z|x) || p(z)) per sample ``[B]``: analytic for a diagonal-Gaussian prior, else the
+    single-sample Monte-Carlo estimate ``log q(z|x) - log p(z)`` at the sampled codes."""
+    if isinstance(prior, AnisotropicGaussian):
+        var_ratio = logvar.exp() / prior.scale ** 2
+        return 0.5 * (var_ratio + (mu - prior.loc) ** 2 / prior.scale ** 2 - 1 - var_ratio.log()).sum(1)
+    return gaussian_log_density(z, mu, logvar).sum(1) - prior.log_prob(z)
+
+
+def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
+                       prior: Distribution | LearnedPrior, beta: float = 1.0, alpha: float = 0.0,
+                       divergence: str = "inclusive_kl", num_prior_samples: int | None = None,
+                       recon: Reconstruction = "bernoulli",
+                       backend: str | None = None) -> tuple[Tensor, dict]:
+    """The decomposition objective (Mathieu et al. 2019): ``recon + beta KL(q(z|x) || p(z)) + alpha D``.
+
+    ``prior`` is any ``msvae.priors`` prior (event shape ``[D]``). ``D(q(z), p(z))`` is estimated on the
+    minibatch with ``num_prior_samples`` (default B) prior draws ``z_p``:
+
+    - ``"inclusive_kl"``: KL(p(z) || q(z)) ~ mean(log p(z_p) - log q(z_p)) with
+      ``log q(z_p) = log (1/B) sum_j q(z_p | x_j)`` (``mixture_log_density``, uniform weights);
+    - ``"mmd"``: ``imq_mmd(z, z_p)``, the per-dimension IMQ kernel MMD.
+
+    The divergence (term ``"divergence"``) is estimated only when ``alpha > 0``. Prior draws come
+    from ``rsample`` where the prior has one; otherwise they are constants and the divergence passes
+    no gradient to the prior's parameters through them.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if beta < 0 or alpha < 0:
+        raise ValueError(f"beta and alpha must be non-negative, got beta={beta}, alpha={alpha}")
+    _check_codes(x, z, mu, logvar)
+    prior = as_distribution(prior)
+    if prior.batch_shape != () or prior.event_shape != mu.shape[1:]:
+        raise ValueError(f"prior must have batch shape () and event shape [{mu.shape[1]}], got "
+                         f"{list(prior.batch_shape)} and {list(prior.event_shape)}")
+    num = mu.shape[0] if num_prior_samples is None else num_prior_samples
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num_prior_samples must be a positive int, got {num_prior_samples!r}")
+    nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
+    kl = _prior_kl(z, mu, logvar, prior).mean()
+    loss = nll + beta * kl
+    terms = {"loss": loss, "recon": nll, "kl": kl}
+    if alpha > 0:
+        z_prior = (prior.rsample if prior.has_rsample else prior.sample)((num,)).to(z.dtype)
+        if divergence == "inclusive_kl":
+            log_qz, _ = mixture_log_density(z_prior, mu, logvar, weights="uniform", backend=backend)
+            div = (prior.log_prob(z_prior) - log_qz).mean()
+        else:
+            div = imq_mmd(z, z_prior)
+        terms["loss"] = loss = loss + alpha * div
+        terms["divergence"] = div
+    return loss, {name: value.detach() for name, value in terms.items()}
+
+
+class DecompositionLoss(nn.Module):
+    """Module form of ``decomposition_loss``. A ``LearnedPrior`` becomes a submodule, so its parameters
+    are among this loss's parameters (add them to an optimiser to learn the prior) and move with
+    ``.to()``; a fixed distribution is kept as given (build it on the device of the codes)."""
+
+    def __init__(self, prior: Distribution | LearnedPrior, beta: float = 1.0, alpha: float = 0.0,
+                 divergence: str = "inclusive_kl", num_prior_samples: int | None = None,
+                 recon: Reconstruction = "bernoulli", backend: str | None = None):
+        super().__init__()
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        as_distribution(prior)  # validates the type
+        self.prior, self.beta, self.alpha, self.divergence = prior, beta, alpha, divergence
+        self.num_prior_samples, self.recon, self.backend = num_prior_samples, recon, backend
+
+    def forward(self, x, x_logits_or_mean, z, mu, logvar):
+        return decomposition_loss(x, x_logits_or_mean, z, mu, logvar, prior=self.prior, beta=self.beta,
+                                  alpha=self.alpha, divergence=self.divergence,
+                                  num_prior_samples=self.num_prior_samples, recon=self.recon,
+                                  backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, alpha={self.alpha}, divergence={self.divergence!r}"
