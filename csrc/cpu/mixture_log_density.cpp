@@ -15,13 +15,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <thread>
 #include <vector>
 
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
-
+#include "cpu/parallel_for.h"
 #include "cpu/vector_math.h"
 
 namespace msvae::cpu {
@@ -34,38 +30,6 @@ template <typename T>
 constexpr T kFar = T(1e30);  // -log-weight of padding components
 template <typename T>
 constexpr T kHeadroom = sizeof(T) == 4 ? T(60) : T(600);  // exp(kHeadroom) * kBlock is finite
-
-// Flushes denormals to zero on this thread while alive (products of tiny weights and gradients
-// would otherwise take the slow denormal path), restoring the caller's mode afterwards.
-class FlushDenormals {
- public:
-#if defined(__SSE__)
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved_); }
-
- private:
-  unsigned saved_;
-#endif
-};
-
-// Calls fn(begin, end, thread_index) on `threads` contiguous chunks of [0, n).
-template <typename Fn>
-void parallel_for(int64_t n, int threads, Fn&& fn) {
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
-  auto run = [&fn](int64_t begin, int64_t end, int t) {
-    FlushDenormals flush;
-    fn(begin, end, t);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  const int64_t chunk = (n + threads - 1) / threads;
-  for (int t = 1; t < threads; ++t) {
-    const int64_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
-    pool.emplace_back(run, begin, end, t);
-  }
-  run(0, std::min(n, chunk), 0);
-  for (auto& th : pool) th.join();
-}
 
 // Per-component constants, transposed to [D][padded B]: mu, exp(-logvar), logvar + log(2 pi).
 template <typename T>

@@ -53,14 +53,22 @@ def available_backends() -> dict[str, str | None]:
     return {name: _unavailable_reason(name) for name in BACKENDS}
 
 
-def select_backend(device: torch.device, backend: str | None) -> str:
-    """The backend for tensors on ``device``: explicit choice, else ``MSVAE_BACKEND``, else the fastest."""
+def select_backend(device: torch.device, backend: str | None, supported: tuple[str, ...] = BACKENDS) -> str:
+    """The backend for tensors on ``device``: explicit choice, else ``MSVAE_BACKEND``, else the fastest.
+
+    ``supported`` names the backends the calling op implements: an explicit choice outside it is a
+    ``ValueError``; an ``MSVAE_BACKEND`` outside it falls back to the default choice.
+    """
+    if backend is not None and backend in BACKENDS and backend not in supported:
+        raise ValueError(f"backend {backend!r} does not implement this op (it has {supported})")
     backend = backend or os.environ.get("MSVAE_BACKEND") or None
+    if backend in BACKENDS and backend not in supported:
+        backend = None
     if backend is None:
         if device.type == "cpu":
-            return "cpu" if _C is not None else "reference"
+            return "cpu" if _C is not None and "cpu" in supported else "reference"
         for candidate in ("triton", "cuda"):
-            if device.type == "cuda" and _unavailable_reason(candidate) is None:
+            if device.type == "cuda" and candidate in supported and _unavailable_reason(candidate) is None:
                 return candidate
         return "reference"
     reason = _unavailable_reason(backend)

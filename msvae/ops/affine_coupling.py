@@ -1,0 +1,157 @@
+"""Op 2b: the soft-clamped elementwise affine transform of an affine coupling layer.
+
+``affine_coupling(x, shift, scale_raw)`` with ``s = clamp tanh(scale_raw / clamp)`` returns
+``(x exp(s) + shift, s)``; ``inverse=True`` returns ``((x - shift) exp(-s), -s)``. The fused
+backends compute the value and log-determinant in one pass and the three gradients in one pass,
+and are registered with ``torch.library`` (fake kernel + autograd) so ``torch.compile`` traces them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from msvae.ops import reference
+from msvae.ops.backends import _C, select_backend
+
+SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+_BACKEND_DTYPES = {
+    "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "cpu": (torch.float32, torch.float64),
+    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
+
+
+def _validate(x: Tensor, shift: Tensor, scale_raw: Tensor, clamp) -> None:
+    for name, t in (("x", x), ("shift", shift), ("scale_raw", scale_raw)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        if t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)} (no broadcasting), "
+                             f"got {tuple(t.shape)}")
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not math.isfinite(clamp):
+        raise ValueError(f"clamp must be a finite number, got {clamp!r}")
+    if clamp <= 0:
+        raise ValueError(f"clamp must be > 0, got {clamp}")
+
+
+def _check_finite(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def affine_coupling(x: Tensor, shift: Tensor, scale_raw: Tensor, *, clamp: float = 2.0,
+                    inverse: bool = False, backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Elementwise affine map with a soft-clamped log-scale.
+
+    Args:
+        x: inputs (any shape).
+        shift, scale_raw: the shift ``t`` and the unclamped log-scale, shaped like ``x``;
+            ``s = clamp * tanh(scale_raw / clamp)`` lies in ``(-clamp, clamp)``.
+        clamp: bound of the log-scale, > 0.
+        inverse: compute ``x = (y - shift) exp(-s)`` from ``y`` (passed as ``x``) instead.
+        backend: ``"reference"``, ``"cpu"`` or ``"triton"``; default from the device and
+            ``MSVAE_BACKEND`` (see ``msvae.ops.available_backends``).
+
+    Returns:
+        ``(y, logabsdet)`` shaped like ``x``: forward ``(x exp(s) + shift, s)``, inverse
+        ``((x - shift) exp(-s), -s)``.
+    """
+    _validate(x, shift, scale_raw, clamp)
+    backend = select_backend(x.device, backend, SUPPORTED_BACKENDS)
+    if x.dtype not in _BACKEND_DTYPES[backend]:
+        raise ValueError(f"x has dtype {x.dtype}, which backend {backend!r} does not support "
+                         f"(supported: {_BACKEND_DTYPES[backend]})")
+    if backend == "reference":
+        if not torch.compiler.is_compiling():
+            _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+        return reference.affine_coupling(x, shift, scale_raw, float(clamp), bool(inverse))
+    return _fused(x.contiguous(), shift.contiguous(), scale_raw.contiguous(), float(clamp),
+                  bool(inverse), backend)
+
+
+# ---- fused backends -------------------------------------------------------------------------
+
+def _forward_cpu(x, shift, scale_raw, clamp, inverse):
+    """The kernel checks finiteness as it reads; only a failed check pays for finding the culprit."""
+    y, logabsdet = torch.empty_like(x), torch.empty_like(x)
+    finite = _C.affine_coupling_forward_cpu(_DTYPE_CODES[x.dtype], x.data_ptr(), shift.data_ptr(),
+                                   scale_raw.data_ptr(), x.numel(), clamp, inverse, y.data_ptr(),
+                                   logabsdet.data_ptr(), torch.get_num_threads())
+    if not finite:
+        _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+    return y, logabsdet
+
+
+def _backward_cpu(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse):
+    grads = [torch.empty_like(x) for _ in range(3)]
+    _C.affine_coupling_backward_cpu(_DTYPE_CODES[x.dtype], grad_y.data_ptr(),
+                                    grad_logabsdet.data_ptr(), x.data_ptr(), shift.data_ptr(),
+                                    scale_raw.data_ptr(), x.numel(), clamp, inverse,
+                                    *(g.data_ptr() for g in grads), torch.get_num_threads())
+    return tuple(grads)
+
+
+def _forward_triton(x, shift, scale_raw, clamp, inverse):
+    from msvae.triton import affine_coupling as kernels
+    _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+    return kernels.forward(x, shift, scale_raw, clamp, inverse)
+
+
+def _backward_triton(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse):
+    from msvae.triton import affine_coupling as kernels
+    return kernels.backward(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse)
+
+
+_FORWARD = {"cpu": _forward_cpu, "triton": _forward_triton}
+_BACKWARD = {"cpu": _backward_cpu, "triton": _backward_triton}
+
+
+@torch.library.custom_op("msvae::affine_coupling", mutates_args=())
+def _fused(x: Tensor, shift: Tensor, scale_raw: Tensor, clamp: float, inverse: bool,
+           backend: str) -> tuple[Tensor, Tensor]:
+    return _FORWARD[backend](x, shift, scale_raw, clamp, inverse)
+
+
+@_fused.register_fake
+def _(x, shift, scale_raw, clamp, inverse, backend):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.custom_op("msvae::affine_coupling_backward", mutates_args=())
+def _fused_backward(grad_y: Tensor, grad_logabsdet: Tensor, x: Tensor, shift: Tensor,
+                    scale_raw: Tensor, clamp: float, inverse: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _BACKWARD[backend](grad_y.contiguous(), grad_logabsdet.contiguous(), x, shift,
+                              scale_raw, clamp, inverse)
+
+
+@_fused_backward.register_fake
+def _(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse, backend):
+    return torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, shift, scale_raw, ctx.clamp, ctx.inverse, ctx.backend = inputs
+    ctx.save_for_backward(x, shift, scale_raw)
+
+
+def _backward(ctx, grad_y, grad_logabsdet):
+    x, shift, scale_raw = ctx.saved_tensors
+    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+    grad_logabsdet = torch.zeros_like(x) if grad_logabsdet is None else grad_logabsdet
+    grads = _fused_backward(grad_y, grad_logabsdet, x, shift, scale_raw, ctx.clamp, ctx.inverse,
+                            ctx.backend)
+    return (*grads, None, None, None)
+
+
+_fused.register_autograd(_backward, setup_context=_setup_context)
