@@ -7,13 +7,13 @@ and are registered with ``torch.library`` (fake kernel + autograd) so ``torch.co
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
 from msvae.ops import reference
 from msvae.ops.backends import _C, select_backend
+from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
@@ -25,28 +25,12 @@ _BACKEND_DTYPES = {
 
 
 def _validate(x: Tensor, shift: Tensor, scale_raw: Tensor, clamp) -> None:
-    for name, t in (("x", x), ("shift", shift), ("scale_raw", scale_raw)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    check_tensors(x=x, shift=shift, scale_raw=scale_raw)
+    for name, t in (("shift", shift), ("scale_raw", scale_raw)):
         if t.shape != x.shape:
             raise ValueError(f"{name} must have the shape of x {tuple(x.shape)} (no broadcasting), "
                              f"got {tuple(t.shape)}")
-    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not math.isfinite(clamp):
-        raise ValueError(f"clamp must be a finite number, got {clamp!r}")
-    if clamp <= 0:
-        raise ValueError(f"clamp must be > 0, got {clamp}")
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf values")
+    check_number("clamp", clamp, positive=True)
 
 
 def affine_coupling(x: Tensor, shift: Tensor, scale_raw: Tensor, *, clamp: float = 2.0,
@@ -68,12 +52,10 @@ def affine_coupling(x: Tensor, shift: Tensor, scale_raw: Tensor, *, clamp: float
     """
     _validate(x, shift, scale_raw, clamp)
     backend = select_backend(x.device, backend, SUPPORTED_BACKENDS)
-    if x.dtype not in _BACKEND_DTYPES[backend]:
-        raise ValueError(f"x has dtype {x.dtype}, which backend {backend!r} does not support "
-                         f"(supported: {_BACKEND_DTYPES[backend]})")
+    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
     if backend == "reference":
         if not torch.compiler.is_compiling():
-            _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+            check_finite(x=x, shift=shift, scale_raw=scale_raw)
         return reference.affine_coupling(x, shift, scale_raw, float(clamp), bool(inverse))
     return _fused(x.contiguous(), shift.contiguous(), scale_raw.contiguous(), float(clamp),
                   bool(inverse), backend)
@@ -88,7 +70,7 @@ def _forward_cpu(x, shift, scale_raw, clamp, inverse):
                                    scale_raw.data_ptr(), x.numel(), clamp, inverse, y.data_ptr(),
                                    logabsdet.data_ptr(), torch.get_num_threads())
     if not finite:
-        _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+        check_finite(x=x, shift=shift, scale_raw=scale_raw)
     return y, logabsdet
 
 
@@ -103,7 +85,7 @@ def _backward_cpu(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse):
 
 def _forward_triton(x, shift, scale_raw, clamp, inverse):
     from msvae.triton import affine_coupling as kernels
-    _check_finite(x=x, shift=shift, scale_raw=scale_raw)
+    check_finite(x=x, shift=shift, scale_raw=scale_raw)
     return kernels.forward(x, shift, scale_raw, clamp, inverse)
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from msvae.ops import reference
 from msvae.ops.backends import _C, select_backend
+from msvae.ops.validation import check_backend_dtype, check_finite, check_tensors
 
 WEIGHT_SCHEMES = ("mws", "mss", "uniform")
 _SCHEME_CONSTANT, _SCHEME_STRATIFIED = 0, 1
@@ -65,18 +66,11 @@ def mixture_weights(weights: str, num_queries: int, batch_size: int,
 
 
 def _validate(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
+    check_tensors(x=x, mu=mu, logvar=logvar)
     for name, t in (("x", x), ("mu", mu), ("logvar", logvar)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D ({'[Q, D]' if name == 'x' else '[B, D]'}), "
                              f"got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
         if t.numel() == 0:
             raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     if mu.shape != logvar.shape:
@@ -84,12 +78,6 @@ def _validate(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
                          f"{tuple(logvar.shape)}")
     if x.shape[1] != mu.shape[1]:
         raise ValueError(f"x has D={x.shape[1]} but mu and logvar have D={mu.shape[1]}")
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def mixture_log_density(x: Tensor, mu: Tensor, logvar: Tensor, *, weights: str = "mws",
@@ -110,13 +98,11 @@ def mixture_log_density(x: Tensor, mu: Tensor, logvar: Tensor, *, weights: str =
     """
     _validate(x, mu, logvar)
     backend = select_backend(x.device, backend)
-    if x.dtype not in _BACKEND_DTYPES[backend]:
-        raise ValueError(f"x has dtype {x.dtype}, which backend {backend!r} does not support "
-                         f"(supported: {_BACKEND_DTYPES[backend]})")
+    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
     scheme, base, diag, nxt = mixture_weights(weights, x.shape[0], mu.shape[0], dataset_size)
     if backend == "reference":
         if not torch.compiler.is_compiling():
-            _check_finite(x=x, mu=mu, logvar=logvar)
+            check_finite(x=x, mu=mu, logvar=logvar)
         return reference.mixture_log_density(x, mu, logvar, scheme, base, diag, nxt)
     return _fused(x.contiguous(), mu.contiguous(), logvar.contiguous(), scheme, base, diag, nxt, backend)
 
@@ -184,7 +170,7 @@ _BACKWARD = {"cpu": _backward_cpu, "cuda": _backward_cuda, "triton": _backward_t
 @torch.library.custom_op("msvae::mixture_log_density", mutates_args=())
 def _fused(x: Tensor, mu: Tensor, logvar: Tensor, scheme: int, base: float, diag: float,
            next_: float, backend: str) -> tuple[Tensor, Tensor]:
-    _check_finite(x=x, mu=mu, logvar=logvar)
+    check_finite(x=x, mu=mu, logvar=logvar)
     return _FORWARD[backend](x, mu, logvar, (scheme, base, diag, next_))
 
 

@@ -10,13 +10,13 @@ backward — and hold no per-bin intermediates in memory. They are registered wi
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
 from msvae.ops import reference
 from msvae.ops.backends import _C, select_backend
+from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
@@ -28,16 +28,7 @@ _BACKEND_DTYPES = {
 
 
 def _validate(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Tensor) -> None:
-    for name, t in (("x", x), ("widths_raw", widths_raw), ("heights_raw", heights_raw),
-                    ("derivs_raw", derivs_raw)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    check_tensors(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
     if widths_raw.dim() != x.dim() + 1 or widths_raw.shape[:-1] != x.shape:
         raise ValueError(f"widths_raw must have shape x.shape + (K,) = {tuple(x.shape)} + (K,), "
                          f"got {tuple(widths_raw.shape)}")
@@ -55,8 +46,7 @@ def _validate(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Te
 def _validate_constants(K: int, tail_bound, min_bin_width, min_bin_height, min_derivative) -> None:
     for name, value in (("tail_bound", tail_bound), ("min_bin_width", min_bin_width),
                         ("min_bin_height", min_bin_height), ("min_derivative", min_derivative)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        check_number(name, value)
     if tail_bound <= 0:
         raise ValueError(f"tail_bound must be > 0, got {tail_bound}")
     for name, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
@@ -64,12 +54,6 @@ def _validate_constants(K: int, tail_bound, min_bin_width, min_bin_height, min_d
             raise ValueError(f"{name} must be >= 0 with {name} * K < 1 (K={K}), got {value}")
     if min_derivative < 0:
         raise ValueError(f"min_derivative must be >= 0, got {min_derivative}")
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def rq_spline(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Tensor, *,
@@ -99,12 +83,10 @@ def rq_spline(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Te
     constants = (float(tail_bound), bool(inverse), float(min_bin_width), float(min_bin_height),
                  float(min_derivative))
     backend = select_backend(x.device, backend, SUPPORTED_BACKENDS)
-    if x.dtype not in _BACKEND_DTYPES[backend]:
-        raise ValueError(f"x has dtype {x.dtype}, which backend {backend!r} does not support "
-                         f"(supported: {_BACKEND_DTYPES[backend]})")
+    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
     if backend == "reference":
         if not torch.compiler.is_compiling():
-            _check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
+            check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
         return reference.rq_spline(x, widths_raw, heights_raw, derivs_raw, *constants)
     return _fused(x.contiguous(), widths_raw.contiguous(), heights_raw.contiguous(),
                   derivs_raw.contiguous(), *constants, backend)
@@ -120,7 +102,7 @@ def _forward_cpu(x, widths_raw, heights_raw, derivs_raw, constants):
                              widths_raw.shape[-1], *constants, y.data_ptr(), logabsdet.data_ptr(),
                              torch.get_num_threads())
     if not finite:
-        _check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
+        check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
     return y, logabsdet
 
 
@@ -135,7 +117,7 @@ def _backward_cpu(grad_y, grad_logabsdet, x, widths_raw, heights_raw, derivs_raw
 
 def _forward_triton(x, widths_raw, heights_raw, derivs_raw, constants):
     from msvae.triton import rq_spline as kernels
-    _check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
+    check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
     return kernels.forward(x, widths_raw, heights_raw, derivs_raw, *constants)
 
 
