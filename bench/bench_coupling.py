@@ -17,19 +17,14 @@ Writes ``bench/results/coupling_<device>_<timestamp>.json`` and prints a markdow
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime
-import gc
 import json
-import platform
 from pathlib import Path
 
 import torch
-from bench_tc import device_name, peak_rss_bytes, reset_peak_rss, rss_bytes, time_call
+from common import markdown_table, measure_modes, run_metadata, write_results
 
 from msvae.ops import affine_coupling, available_backends, rq_spline
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TAIL_BOUND = 3.0
 MODES = ("forward", "inverse", "forward_backward")
 
@@ -74,15 +69,6 @@ def affine_impl(name):
     return lambda x, t, r, inverse: affine_coupling(x, t, r, inverse=inverse, backend=name)
 
 
-def release_free_heap():
-    """Return freed heap pages to the OS, so the RSS baseline is what is held (else an earlier,
-    larger implementation's freed memory is reused unseen and the next one reads as 0 MiB)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def measure(call, inputs, device, modes):
     """{mode: (median seconds, peak extra bytes)} of call(*inputs, inverse=...)."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
@@ -97,25 +83,7 @@ def measure(call, inputs, device, modes):
             with torch.no_grad():
                 call(*leaves, inverse=mode == "inverse")
 
-    out = {}
-    for mode in modes:
-        run(mode)  # warm-up
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            seconds = time_call(lambda: run(mode), device)
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            release_free_heap()
-            base = rss_bytes()
-            reset_peak_rss()
-            seconds = time_call(lambda: run(mode), device)
-            peak = max(0, peak_rss_bytes() - base)
-        out[mode] = (seconds, peak)
-    return out
+    return measure_modes(run, modes, device)
 
 
 def agreement_with_nflows(fused, N, C, K, device):
@@ -179,32 +147,17 @@ def main(argv=None):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
 
-    meta = {"device": args.device, "device_name": device_name(args.device), "machine": platform.node(),
-            "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "dtype": "float32", "tail_bound": TAIL_BOUND,
-            "max_abs_diff_vs_nflows": {f"{N},{C},{K}": agreement_with_nflows(fused[0], N, C, K, args.device)
-                                       for N, C, K in shapes} if fused else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.mkdir(exist_ok=True)
-    out = args.out or RESULTS / f"coupling_{args.device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json"
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\n{meta['device_name']} ({meta['threads']} threads), torch {meta['torch']} -> {out}")
-    print(f"max |fused - nflows| of (y, logabsdet): {meta['max_abs_diff_vs_nflows']}\n")
-    print(markdown_table(rows))
-
-
-def markdown_table(rows):
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| op | impl | N | C | K | mode | median ms | × reference | × nflows | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        line = (f"| {r['op']} | {r['impl']} | {r['N']} | {r['C']} | {r['K']} | {r['mode']} "
-                f"| {fmt(r['median_ms'], '.1f')} | {fmt(r['speedup_vs_reference'], '.1f')} "
-                f"| {fmt(r['speedup_vs_nflows'], '.1f')} | {fmt(r['peak_mib'], '.1f')} |")
-        if r["note"]:
-            line += f" {r['note']}"
-        lines.append(line)
-    return "\n".join(lines)
+    agreement = ({f"{N},{C},{K}": agreement_with_nflows(fused[0], N, C, K, args.device)
+                  for N, C, K in shapes} if fused else None)
+    meta = run_metadata(args.device, dtype="float32", tail_bound=TAIL_BOUND,
+                        max_abs_diff_vs_nflows=agreement)
+    write_results("coupling", meta, rows, args.out)
+    print(f"max |fused - nflows| of (y, logabsdet): {agreement}\n")
+    print(markdown_table(rows, [("op", "op", None), ("impl", "impl", None), ("N", "N", None),
+                                ("C", "C", None), ("K", "K", None), ("mode", "mode", None),
+                                ("median ms", "median_ms", ".1f"),
+                                ("× reference", "speedup_vs_reference", ".1f"),
+                                ("× nflows", "speedup_vs_nflows", ".1f"), ("peak MiB", "peak_mib", ".1f")]))
 
 
 if __name__ == "__main__":

@@ -16,22 +16,16 @@ Writes ``bench/results/tc_<device>_<timestamp>.json`` and prints a markdown tabl
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import gc
-import resource
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
+from common import markdown_table, measure_modes, run_metadata, write_results
 
 from msvae.ops import available_backends, mixture_log_density, mixture_weights
 from msvae.ops import reference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATASET_SIZE = 737_280  # dSprites
 
 
@@ -53,84 +47,21 @@ def implementation(name, B):
                                                  backend=name)
 
 
-def time_call(fn, device, min_runs=5, budget_s=10.0):
-    """Median seconds of fn() (already warmed up); at least 3 runs, up to min_runs within budget_s."""
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (len(times) < min_runs and time.perf_counter() - start < budget_s):
-        if device == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-
-
 def measure(name, B, D, device, modes):
-    """{mode: (median seconds, peak extra bytes)} for one implementation and shape, in this process."""
+    """{mode: (median seconds, peak extra bytes)} for one implementation and shape."""
     x, mu, logvar = make_inputs(B, D, device)
     fn = implementation(name, B)
 
-    def forward():
-        with torch.no_grad():
-            fn(x, mu, logvar)
-
-    def forward_backward():
-        joint, marginal = fn(x, mu, logvar)
-        (joint.sum() + marginal.sum()).backward()
-        x.grad = mu.grad = logvar.grad = None
-
-    out = {}
-    for mode in modes:
-        call = forward if mode == "forward" else forward_backward
-        call()  # warm-up (and compilation)
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            seconds = time_call(call, device)
-            peak = torch.cuda.max_memory_allocated() - base
+    def run(mode):
+        if mode == "forward":
+            with torch.no_grad():
+                fn(x, mu, logvar)
         else:
-            base = rss_bytes()
-            reset_peak_rss()
-            seconds = time_call(call, device)
-            peak = max(0, peak_rss_bytes() - base)
-        out[mode] = (seconds, peak)
-    return out
+            joint, marginal = fn(x, mu, logvar)
+            (joint.sum() + marginal.sum()).backward()
+            x.grad = mu.grad = logvar.grad = None
 
-
-def device_name(device):
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        import cpuinfo
-        return cpuinfo.get_cpu_info()["brand_raw"]
-    except ImportError:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return names[0] if names else platform.processor()
+    return measure_modes(run, modes, device)
 
 
 def exp_rate_per_s():
@@ -192,32 +123,16 @@ def main(argv=None):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
 
-    meta = {"device": args.device, "device_name": device_name(args.device), "machine": platform.node(),
-            "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "dtype": "float32", "weights": "mss", "dataset_size": DATASET_SIZE,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = run_metadata(args.device, dtype="float32", weights="mss", dataset_size=DATASET_SIZE)
     if exp_rate:
         meta["exp_rate_per_s"] = exp_rate
-    RESULTS.mkdir(exist_ok=True)
-    out = args.out or RESULTS / f"tc_{args.device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json"
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\n{meta['device_name']} ({meta['threads']} threads), torch {meta['torch']} -> {out}\n")
-    print(markdown_table(rows, with_bound=exp_rate is not None))
-
-
-def markdown_table(rows, with_bound=False):
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-    head = "| impl | B | D | mode | median ms | × reference | peak MiB |" + (" exp-bound |" if with_bound else "")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        line = (f"| {r['impl']} | {r['B']} | {r['D']} | {r['mode']} | {fmt(r['median_ms'], '.2f')} "
-                f"| {fmt(r['speedup_vs_reference'], '.1f')} | {fmt(r['peak_mib'], '.2f')} |")
-        if with_bound:
-            line += f" {fmt(r.get('exp_bound_fraction'), '.1%')} |"
-        if r["note"]:
-            line += f" {r['note']}"
-        lines.append(line)
-    return "\n".join(lines)
+    write_results("tc", meta, rows, args.out)
+    columns = [("impl", "impl", None), ("B", "B", None), ("D", "D", None), ("mode", "mode", None),
+               ("median ms", "median_ms", ".2f"), ("× reference", "speedup_vs_reference", ".1f"),
+               ("peak MiB", "peak_mib", ".2f")]
+    if exp_rate:
+        columns.append(("exp-bound", "exp_bound_fraction", ".1%"))
+    print(markdown_table(rows, columns))
 
 
 if __name__ == "__main__":
