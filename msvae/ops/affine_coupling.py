@@ -12,16 +12,10 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
-_BACKEND_DTYPES = {
-    "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    "cpu": (torch.float32, torch.float64),
-    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-}
 
 
 def _validate(x: Tensor, shift: Tensor, scale_raw: Tensor, clamp) -> None:
@@ -52,7 +46,7 @@ def affine_coupling(x: Tensor, shift: Tensor, scale_raw: Tensor, *, clamp: float
     """
     _validate(x, shift, scale_raw, clamp)
     backend = select_backend(x.device, backend, SUPPORTED_BACKENDS)
-    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
+    check_backend_dtype(x.dtype, backend, BACKEND_DTYPES)
     if backend == "reference":
         if not torch.compiler.is_compiling():
             check_finite(x=x, shift=shift, scale_raw=scale_raw)
@@ -66,7 +60,7 @@ def affine_coupling(x: Tensor, shift: Tensor, scale_raw: Tensor, *, clamp: float
 def _forward_cpu(x, shift, scale_raw, clamp, inverse):
     """The kernel checks finiteness as it reads; only a failed check pays for finding the culprit."""
     y, logabsdet = torch.empty_like(x), torch.empty_like(x)
-    finite = _C.affine_coupling_forward_cpu(_DTYPE_CODES[x.dtype], x.data_ptr(), shift.data_ptr(),
+    finite = _C.affine_coupling_forward_cpu(DTYPE_CODES[x.dtype], x.data_ptr(), shift.data_ptr(),
                                    scale_raw.data_ptr(), x.numel(), clamp, inverse, y.data_ptr(),
                                    logabsdet.data_ptr(), torch.get_num_threads())
     if not finite:
@@ -76,7 +70,7 @@ def _forward_cpu(x, shift, scale_raw, clamp, inverse):
 
 def _backward_cpu(grad_y, grad_logabsdet, x, shift, scale_raw, clamp, inverse):
     grads = [torch.empty_like(x) for _ in range(3)]
-    _C.affine_coupling_backward_cpu(_DTYPE_CODES[x.dtype], grad_y.data_ptr(),
+    _C.affine_coupling_backward_cpu(DTYPE_CODES[x.dtype], grad_y.data_ptr(),
                                     grad_logabsdet.data_ptr(), x.data_ptr(), shift.data_ptr(),
                                     scale_raw.data_ptr(), x.numel(), clamp, inverse,
                                     *(g.data_ptr() for g in grads), torch.get_num_threads())

@@ -13,6 +13,11 @@ import os
 import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
+_ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKEND_DTYPES = {"reference": _ALL_FLOATS, "cpu": (torch.float32, torch.float64),
+                  "triton": _ALL_FLOATS, "cuda": _ALL_FLOATS}
+# Element-type codes of msvae._C (msvae::DType in csrc/include/msvae/mixture_log_density.h).
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 try:
     _C = importlib.import_module("msvae._C")

@@ -17,19 +17,12 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_tensors
 
 WEIGHT_SCHEMES = ("mws", "mss", "uniform")
 _SCHEME_CONSTANT, _SCHEME_STRATIFIED = 0, 1
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 CPU_SCRATCH_BYTES = 64 << 20  # bound on the cpu backward's per-thread gradient buffers
-_BACKEND_DTYPES = {
-    "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    "cpu": (torch.float32, torch.float64),
-    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-}
 
 
 def mixture_weights(weights: str, num_queries: int, batch_size: int,
@@ -98,7 +91,7 @@ def mixture_log_density(x: Tensor, mu: Tensor, logvar: Tensor, *, weights: str =
     """
     _validate(x, mu, logvar)
     backend = select_backend(x.device, backend)
-    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
+    check_backend_dtype(x.dtype, backend, BACKEND_DTYPES)
     scheme, base, diag, nxt = mixture_weights(weights, x.shape[0], mu.shape[0], dataset_size)
     if backend == "reference":
         if not torch.compiler.is_compiling():
@@ -115,7 +108,7 @@ def _cuda_stream(t: Tensor) -> int:
 
 def _forward_cpu(x, mu, logvar, w):
     joint, marginal = x.new_empty(x.shape[0]), torch.empty_like(x)
-    _C.mixture_log_density_forward_cpu(_DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
+    _C.mixture_log_density_forward_cpu(DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
                                        logvar.data_ptr(), x.shape[0], mu.shape[0], x.shape[1],
                                        _C.MixtureWeights(*w), joint.data_ptr(), marginal.data_ptr(),
                                        torch.get_num_threads())
@@ -125,7 +118,7 @@ def _forward_cpu(x, mu, logvar, w):
 def _backward_cpu(grad_joint, grad_marginal, x, mu, logvar, joint, marginal, w):
     dx, dmu, dlogvar = torch.empty_like(x), torch.empty_like(mu), torch.empty_like(logvar)
     _C.mixture_log_density_backward_cpu(
-        _DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
+        DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
         mu.data_ptr(), logvar.data_ptr(), joint.data_ptr(), marginal.data_ptr(), x.shape[0],
         mu.shape[0], x.shape[1], _C.MixtureWeights(*w), dx.data_ptr(), dmu.data_ptr(),
         dlogvar.data_ptr(), torch.get_num_threads(), CPU_SCRATCH_BYTES)
@@ -135,7 +128,7 @@ def _backward_cpu(grad_joint, grad_marginal, x, mu, logvar, joint, marginal, w):
 def _forward_cuda(x, mu, logvar, w):
     joint, marginal = x.new_empty(x.shape[0]), torch.empty_like(x)
     with torch.cuda.device(x.device):
-        _C.mixture_log_density_forward_cuda(_DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
+        _C.mixture_log_density_forward_cuda(DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
                                             logvar.data_ptr(), x.shape[0], mu.shape[0], x.shape[1],
                                             _C.MixtureWeights(*w), joint.data_ptr(),
                                             marginal.data_ptr(), _cuda_stream(x))
@@ -146,7 +139,7 @@ def _backward_cuda(grad_joint, grad_marginal, x, mu, logvar, joint, marginal, w)
     dx, dmu, dlogvar = torch.empty_like(x), torch.empty_like(mu), torch.empty_like(logvar)
     with torch.cuda.device(x.device):
         _C.mixture_log_density_backward_cuda(
-            _DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
+            DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
             mu.data_ptr(), logvar.data_ptr(), joint.data_ptr(), marginal.data_ptr(), x.shape[0],
             mu.shape[0], x.shape[1], _C.MixtureWeights(*w), dx.data_ptr(), dmu.data_ptr(),
             dlogvar.data_ptr(), _cuda_stream(x))

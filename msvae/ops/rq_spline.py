@@ -15,16 +15,10 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
-_BACKEND_DTYPES = {
-    "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    "cpu": (torch.float32, torch.float64),
-    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-}
 
 
 def _validate(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Tensor) -> None:
@@ -83,7 +77,7 @@ def rq_spline(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Te
     constants = (float(tail_bound), bool(inverse), float(min_bin_width), float(min_bin_height),
                  float(min_derivative))
     backend = select_backend(x.device, backend, SUPPORTED_BACKENDS)
-    check_backend_dtype(x.dtype, backend, _BACKEND_DTYPES)
+    check_backend_dtype(x.dtype, backend, BACKEND_DTYPES)
     if backend == "reference":
         if not torch.compiler.is_compiling():
             check_finite(x=x, widths_raw=widths_raw, heights_raw=heights_raw, derivs_raw=derivs_raw)
@@ -97,7 +91,7 @@ def rq_spline(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Te
 def _forward_cpu(x, widths_raw, heights_raw, derivs_raw, constants):
     """The kernel checks finiteness as it reads; only a failed check pays for finding the culprit."""
     y, logabsdet = torch.empty_like(x), torch.empty_like(x)
-    finite = _C.rq_spline_forward_cpu(_DTYPE_CODES[x.dtype], x.data_ptr(), widths_raw.data_ptr(),
+    finite = _C.rq_spline_forward_cpu(DTYPE_CODES[x.dtype], x.data_ptr(), widths_raw.data_ptr(),
                              heights_raw.data_ptr(), derivs_raw.data_ptr(), x.numel(),
                              widths_raw.shape[-1], *constants, y.data_ptr(), logabsdet.data_ptr(),
                              torch.get_num_threads())
@@ -108,7 +102,7 @@ def _forward_cpu(x, widths_raw, heights_raw, derivs_raw, constants):
 
 def _backward_cpu(grad_y, grad_logabsdet, x, widths_raw, heights_raw, derivs_raw, constants):
     grads = [torch.empty_like(t) for t in (x, widths_raw, heights_raw, derivs_raw)]
-    _C.rq_spline_backward_cpu(_DTYPE_CODES[x.dtype], grad_y.data_ptr(), grad_logabsdet.data_ptr(),
+    _C.rq_spline_backward_cpu(DTYPE_CODES[x.dtype], grad_y.data_ptr(), grad_logabsdet.data_ptr(),
                               x.data_ptr(), widths_raw.data_ptr(), heights_raw.data_ptr(),
                               derivs_raw.data_ptr(), x.numel(), widths_raw.shape[-1], *constants,
                               *(g.data_ptr() for g in grads), torch.get_num_threads())
