@@ -5,7 +5,8 @@ batch sizes (Q = B, MSS weights) and dimensions, with the speed-up against the e
 measured in the same run and the peak extra memory above what the inputs hold: on CPU the rise of
 the process's peak RSS (reset through /proc/self/clear_refs after the warm-up, so compilation is
 not counted), on CUDA ``torch.cuda.max_memory_allocated``. On CUDA it also reports the
-fraction of the exponential-throughput bound achieved: a pass needs Q*B*(D+1) exponentials, and
+fraction of the exponential-throughput bound achieved: a pass needs Q*B*(D+1) exponentials
+(forward one pass, forward+backward three: the backward's row and column kernels both recompute), and
 the bound is 16 exp2 per clock per SM (the MUFU rate of sm_80/sm_90) at the maximum SM clock.
 
     python bench/bench_tc.py                       # CPU grid (issue #2)
@@ -118,7 +119,7 @@ def main(argv=None):
                            "speedup_vs_reference": (ref / seconds) if (ref and seconds) else None,
                            "note": note[0] if note else ""}
                     if exp_rate and seconds:
-                        passes = 1 if mode == "forward" else 2
+                        passes = 1 if mode == "forward" else 3  # backward recomputes in two kernels
                         row["exp_bound_fraction"] = passes * B * B * (D + 1) / exp_rate / seconds
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -35,7 +35,7 @@ def stage1(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     dataset = DSprites(args.dsprites)
     train_idx, test_idx = DSprites.split(args.held_out, seed=args.seed)
-    model = DisentangledVAE.for_images(latent_dim=args.latent_dim)
+    model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(args.device)
     loss = BetaTCVAELoss(dataset_size=len(train_idx), alpha=args.alpha, beta=args.beta,
                          gamma=args.gamma, estimator=args.estimator)
     started = time.monotonic()
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--checkpoint-every", type=int, default=1000)
     s1.add_argument("--seed", type=int, default=0)
     s1.add_argument("--threads", type=int, default=None)
+    s1.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device to train on (default: cuda when available)")
     s1.add_argument("--quiet", action="store_true", help="no progress bar")
     s1.set_defaults(func=stage1)
     return parser

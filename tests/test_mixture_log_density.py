@@ -294,6 +294,11 @@ def test_environment_variable_selects_backend(monkeypatch):
     monkeypatch.delenv("MSVAE_BACKEND")
     expected = "cpu" if ("cpu", "cpu") in CASES else "reference"
     assert select_backend(torch.device("cpu"), None) == expected
+    monkeypatch.setenv("MSVAE_BACKEND", "cuda")  # cannot serve CPU tensors: the default serves them
+    assert select_backend(torch.device("cpu"), None) == expected
+    monkeypatch.setenv("MSVAE_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="MSVAE_BACKEND must be one of"):
+        select_backend(torch.device("cpu"), None)
 
 
 # ---- property-based: random shapes, schemes and scales ------------------------------------

@@ -124,3 +124,30 @@ def test_random_batches_from_tensors_and_datasets():
         assert set(batch.flatten().tolist()) <= set(range(10))
     with pytest.raises(ValueError, match="data is empty"):
         next(random_batches(torch.zeros(0, 2), 4, torch.Generator()))
+
+
+def test_fit_trains_the_loss_parameters_and_the_factor_vae_discriminator():
+    from msvae.losses import DecompositionLoss, FactorVAELoss
+    from msvae.priors import LearnedAnisotropicGaussian
+
+    data = torch.randn(300, 5)
+    model = DisentangledVAE.for_vectors(5, 2, hidden=(16,))
+    prior = LearnedAnisotropicGaussian(2)
+    before = [p.detach().clone() for p in prior.parameters()]
+    model.fit(data, loss=DecompositionLoss(prior, beta=1.0, recon="gaussian"), steps=20,
+              batch_size=30, lr=1e-2, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, prior.parameters()))
+
+    loss = FactorVAELoss(latent_dim=2, gamma=5.0, recon="gaussian")
+    before = [p.detach().clone() for p in loss.discriminator.parameters()]
+    history = model.fit(data, loss=loss, steps=10, batch_size=30, log_every=5, progress=False)
+    assert "discriminator" in history[-1]
+    assert any(not torch.equal(a, b) for a, b in zip(before, loss.discriminator.parameters()))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    data = toy_images(32)
+    model = DisentangledVAE.for_images(latent_dim=2, width=8, hidden=16)
+    model.fit(data, steps=2, batch_size=8, lr=1e-3, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+        model.fit(data, steps=4, batch_size=8, lr=5e-4, progress=False, checkpoint_dir=tmp_path)

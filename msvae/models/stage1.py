@@ -94,25 +94,49 @@ class DisentangledVAE(nn.Module):
             seed: int = 0, time_limit: float | None = None) -> list[dict]:
         """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset).
 
-        ``loss`` defaults to ``BetaTCVAELoss(dataset_size=len(data))``; ``penalty_warmup`` ramps the
-        part of the loss beyond the reconstruction term linearly from 0 over that many steps. With
-        ``checkpoint_dir``, ``stage1.pt`` there holds model, optimiser, step, RNG and history,
-        written every ``checkpoint_every`` steps; with ``resume`` training continues from it.
-        ``time_limit`` (seconds) stops training early.
+        ``loss`` defaults to ``BetaTCVAELoss(dataset_size=len(data))``; it is moved to the model's
+        device and its own parameters (a learned prior, say) are trained with the model's. A loss
+        with a ``discriminator_step`` (``FactorVAELoss``) gets one discriminator step per batch with
+        its own Adam (lr 1e-4, betas (0.5, 0.9), as Kim & Mnih). ``penalty_warmup`` ramps the part
+        of the loss beyond its reconstruction term linearly from 0 over that many steps. With
+        ``checkpoint_dir``, ``stage1.pt`` there holds model, loss, optimisers, step, RNG states and
+        history, written every ``checkpoint_every`` steps; with ``resume`` training continues from
+        it (exactly, on CPU and CUDA), and resuming with other settings is a ``ValueError``.
+        ``time_limit`` (seconds) stops training early. Seeds torch's global RNG with ``seed``.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
         loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        loss_fn.to(self.device)
+        recon_kind = getattr(loss_fn, "recon", self.likelihood)
+        discriminator_step = getattr(loss_fn, "discriminator_step", None)
+        discriminator = getattr(loss_fn, "discriminator", None)
+        shared = {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
+        optimizer = torch.optim.Adam([*self.parameters(),
+                                      *(p for p in loss_fn.parameters() if id(p) not in shared)], lr=lr)
+        disc_optimizer = (torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
+                          if discriminator_step is not None else None)
+        settings = {"lr": lr, "batch_size": batch_size, "penalty_warmup": penalty_warmup,
+                    "seed": seed, "loss": repr(loss_fn)}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         path = Path(checkpoint_dir) / "stage1.pt" if checkpoint_dir is not None else None
         start = 0
         state = load_checkpoint(path) if (path is not None and resume) else None
         if state is not None:
+            changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+            if changed:
+                raise ValueError(f"{path} was written with other settings ({', '.join(changed)}): "
+                                 f"{ {k: state['settings'].get(k) for k in changed} }; use another "
+                                 f"checkpoint_dir or resume=False")
             self.load_state_dict(state["model"])
+            loss_fn.load_state_dict(state["loss"])
             optimizer.load_state_dict(state["optimizer"])
+            if disc_optimizer is not None:
+                disc_optimizer.load_state_dict(state["disc_optimizer"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state["cuda_rng"]:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             start, self.history = state["step"], state["history"]
         batches = random_batches(data, batch_size, generator, self.device)
 
@@ -120,18 +144,24 @@ class DisentangledVAE(nn.Module):
             x = next(batches)
             out = self(x)
             total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
-            if penalty_warmup > 0:
-                recon = reconstruction_nll(x, out["output"], self.likelihood).mean()
+            if step < penalty_warmup:
+                recon = reconstruction_nll(x, out["output"], recon_kind).mean()
                 total = recon + linear_warmup(step, penalty_warmup) * (total - recon)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            return {k: float(v) for k, v in terms.items()}
+            logged = dict(zip(terms, torch.stack([v.float() for v in terms.values()]).tolist()))
+            if discriminator_step is not None:
+                logged["discriminator"] = discriminator_step(out["z"].detach(), disc_optimizer)
+            return logged
 
         def checkpoint(step: int) -> None:
-            save_checkpoint(path, {"model": self.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                                   "step": step, "history": self.history, "config": self.config})
+            save_checkpoint(path, {
+                "model": self.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "step": step, "history": self.history, "config": self.config, "settings": settings})
 
         self.train()
         run_steps(step_fn, start=start, steps=steps, history=self.history, log_every=log_every,
@@ -146,8 +176,11 @@ class DisentangledVAE(nn.Module):
         save_checkpoint(path, {"config": self.config, "model": self.state_dict(), "history": self.history})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location="cpu") -> "DisentangledVAE":
-        state = torch.load(path, map_location=map_location, weights_only=True)
+    def load(cls, path: str | os.PathLike) -> "DisentangledVAE":
+        """The model saved by ``save`` (on the CPU; no pickled code runs)."""
+        state = load_checkpoint(path)
+        if state is None:
+            raise FileNotFoundError(f"no model file at {path}")
         config = dict(state["config"])
         kind, likelihood = config.pop("kind"), config.pop("likelihood")
         if kind == "image":

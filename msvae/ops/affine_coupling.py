@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, device_scope, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
@@ -95,7 +95,8 @@ _BACKWARD = {"cpu": _backward_cpu, "triton": _backward_triton}
 @torch.library.custom_op("msvae::affine_coupling", mutates_args=())
 def _fused(x: Tensor, shift: Tensor, scale_raw: Tensor, clamp: float, inverse: bool,
            backend: str) -> tuple[Tensor, Tensor]:
-    return _FORWARD[backend](x, shift, scale_raw, clamp, inverse)
+    with device_scope(x):
+        return _FORWARD[backend](x, shift, scale_raw, clamp, inverse)
 
 
 @_fused.register_fake
@@ -107,7 +108,8 @@ def _(x, shift, scale_raw, clamp, inverse, backend):
 def _fused_backward(grad_y: Tensor, grad_logabsdet: Tensor, x: Tensor, shift: Tensor,
                     scale_raw: Tensor, clamp: float, inverse: bool,
                     backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _BACKWARD[backend](grad_y.contiguous(), grad_logabsdet.contiguous(), x, shift,
+    with device_scope(x):
+        return _BACKWARD[backend](grad_y.contiguous(), grad_logabsdet.contiguous(), x, shift,
                               scale_raw, clamp, inverse)
 
 

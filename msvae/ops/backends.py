@@ -7,6 +7,7 @@ default choice; a ``backend=`` argument overrides both.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -58,29 +59,48 @@ def available_backends() -> dict[str, str | None]:
     return {name: _unavailable_reason(name) for name in BACKENDS}
 
 
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "triton":
+        return device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())
+    return device.type == backend
+
+
+def _default_backend(device: torch.device, supported: tuple[str, ...]) -> str:
+    if device.type == "cpu":
+        return "cpu" if _C is not None and "cpu" in supported else "reference"
+    for candidate in ("triton", "cuda"):
+        if device.type == "cuda" and candidate in supported and _unavailable_reason(candidate) is None:
+            return candidate
+    return "reference"
+
+
 def select_backend(device: torch.device, backend: str | None, supported: tuple[str, ...] = BACKENDS) -> str:
     """The backend for tensors on ``device``: explicit choice, else ``MSVAE_BACKEND``, else the fastest.
 
-    ``supported`` names the backends the calling op implements: an explicit choice outside it is a
-    ``ValueError``; an ``MSVAE_BACKEND`` outside it falls back to the default choice.
+    ``supported`` names the backends the calling op implements. An explicit ``backend`` that is
+    unknown, unavailable, not implemented by the op or unable to run on ``device`` is a
+    ``ValueError``; an ``MSVAE_BACKEND`` that names no backend is a ``ValueError``, and one that
+    cannot serve this call (other op, other device) falls back to the default choice.
     """
-    if backend is not None and backend in BACKENDS and backend not in supported:
-        raise ValueError(f"backend {backend!r} does not implement this op (it has {supported})")
-    backend = backend or os.environ.get("MSVAE_BACKEND") or None
-    if backend in BACKENDS and backend not in supported:
-        backend = None
     if backend is None:
-        if device.type == "cpu":
-            return "cpu" if _C is not None and "cpu" in supported else "reference"
-        for candidate in ("triton", "cuda"):
-            if device.type == "cuda" and candidate in supported and _unavailable_reason(candidate) is None:
-                return candidate
-        return "reference"
+        env = os.environ.get("MSVAE_BACKEND") or None
+        if env is not None and env not in BACKENDS:
+            raise ValueError(f"MSVAE_BACKEND must be one of {BACKENDS}, got {env!r}")
+        if env is not None and env in supported and _unavailable_reason(env) is None and _runs_on(env, device):
+            return env
+        return _default_backend(device, supported)
     reason = _unavailable_reason(backend)
+    if backend not in supported:
+        raise ValueError(f"backend {backend!r} does not implement this op (it has {supported})")
     if reason is not None:
         raise ValueError(f"backend {backend!r} is not available: {reason}")
-    allowed = {"reference": None, "cpu": ("cpu",), "cuda": ("cuda",),
-               "triton": ("cuda", "cpu") if _triton_interpreted() else ("cuda",)}[backend]
-    if allowed is not None and device.type not in allowed:
+    if not _runs_on(backend, device):
         raise ValueError(f"backend {backend!r} cannot run on {device.type} tensors")
     return backend
+
+
+def device_scope(t: torch.Tensor):
+    """Makes ``t``'s GPU the current device (Triton and our CUDA launches use the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, device_scope, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_tensors
 
 WEIGHT_SCHEMES = ("mws", "mss", "uniform")
@@ -127,22 +127,20 @@ def _backward_cpu(grad_joint, grad_marginal, x, mu, logvar, joint, marginal, w):
 
 def _forward_cuda(x, mu, logvar, w):
     joint, marginal = x.new_empty(x.shape[0]), torch.empty_like(x)
-    with torch.cuda.device(x.device):
-        _C.mixture_log_density_forward_cuda(DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
-                                            logvar.data_ptr(), x.shape[0], mu.shape[0], x.shape[1],
-                                            _C.MixtureWeights(*w), joint.data_ptr(),
-                                            marginal.data_ptr(), _cuda_stream(x))
+    _C.mixture_log_density_forward_cuda(DTYPE_CODES[x.dtype], x.data_ptr(), mu.data_ptr(),
+                                        logvar.data_ptr(), x.shape[0], mu.shape[0], x.shape[1],
+                                        _C.MixtureWeights(*w), joint.data_ptr(), marginal.data_ptr(),
+                                        _cuda_stream(x))
     return joint, marginal
 
 
 def _backward_cuda(grad_joint, grad_marginal, x, mu, logvar, joint, marginal, w):
     dx, dmu, dlogvar = torch.empty_like(x), torch.empty_like(mu), torch.empty_like(logvar)
-    with torch.cuda.device(x.device):
-        _C.mixture_log_density_backward_cuda(
-            DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
-            mu.data_ptr(), logvar.data_ptr(), joint.data_ptr(), marginal.data_ptr(), x.shape[0],
-            mu.shape[0], x.shape[1], _C.MixtureWeights(*w), dx.data_ptr(), dmu.data_ptr(),
-            dlogvar.data_ptr(), _cuda_stream(x))
+    _C.mixture_log_density_backward_cuda(
+        DTYPE_CODES[x.dtype], grad_joint.data_ptr(), grad_marginal.data_ptr(), x.data_ptr(),
+        mu.data_ptr(), logvar.data_ptr(), joint.data_ptr(), marginal.data_ptr(), x.shape[0],
+        mu.shape[0], x.shape[1], _C.MixtureWeights(*w), dx.data_ptr(), dmu.data_ptr(),
+        dlogvar.data_ptr(), _cuda_stream(x))
     return dx, dmu, dlogvar
 
 
@@ -164,7 +162,8 @@ _BACKWARD = {"cpu": _backward_cpu, "cuda": _backward_cuda, "triton": _backward_t
 def _fused(x: Tensor, mu: Tensor, logvar: Tensor, scheme: int, base: float, diag: float,
            next_: float, backend: str) -> tuple[Tensor, Tensor]:
     check_finite(x=x, mu=mu, logvar=logvar)
-    return _FORWARD[backend](x, mu, logvar, (scheme, base, diag, next_))
+    with device_scope(x):
+        return _FORWARD[backend](x, mu, logvar, (scheme, base, diag, next_))
 
 
 @_fused.register_fake
@@ -176,7 +175,8 @@ def _(x, mu, logvar, scheme, base, diag, next_, backend):
 def _fused_backward(grad_joint: Tensor, grad_marginal: Tensor, x: Tensor, mu: Tensor,
                     logvar: Tensor, joint: Tensor, marginal: Tensor, scheme: int, base: float,
                     diag: float, next_: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _BACKWARD[backend](grad_joint.contiguous(), grad_marginal.contiguous(), x, mu, logvar,
+    with device_scope(x):
+        return _BACKWARD[backend](grad_joint.contiguous(), grad_marginal.contiguous(), x, mu, logvar,
                               joint, marginal, (scheme, base, diag, next_))
 
 

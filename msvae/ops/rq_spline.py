@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from msvae.ops import reference
-from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, select_backend
+from msvae.ops.backends import BACKEND_DTYPES, DTYPE_CODES, _C, device_scope, select_backend
 from msvae.ops.validation import check_backend_dtype, check_finite, check_number, check_tensors
 
 SUPPORTED_BACKENDS = ("reference", "cpu", "triton")
@@ -129,7 +129,8 @@ def _fused(x: Tensor, widths_raw: Tensor, heights_raw: Tensor, derivs_raw: Tenso
            tail_bound: float, inverse: bool, min_bin_width: float, min_bin_height: float,
            min_derivative: float, backend: str) -> tuple[Tensor, Tensor]:
     constants = (tail_bound, inverse, min_bin_width, min_bin_height, min_derivative)
-    return _FORWARD[backend](x, widths_raw, heights_raw, derivs_raw, constants)
+    with device_scope(x):
+        return _FORWARD[backend](x, widths_raw, heights_raw, derivs_raw, constants)
 
 
 @_fused.register_fake
@@ -144,7 +145,8 @@ def _fused_backward(grad_y: Tensor, grad_logabsdet: Tensor, x: Tensor, widths_ra
                     min_bin_width: float, min_bin_height: float, min_derivative: float,
                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     constants = (tail_bound, inverse, min_bin_width, min_bin_height, min_derivative)
-    return _BACKWARD[backend](grad_y.contiguous(), grad_logabsdet.contiguous(), x, widths_raw,
+    with device_scope(x):
+        return _BACKWARD[backend](grad_y.contiguous(), grad_logabsdet.contiguous(), x, widths_raw,
                               heights_raw, derivs_raw, constants)
 
 
