@@ -414,3 +414,15 @@ def test_bad_input_raises_clear_value_errors():
         MultiScaleFlow(1, 6, levels=2)
     with pytest.raises(ValueError, match="x must lie in"):
         dequantize(torch.full((2, 3), 1.5))
+
+
+def test_actnorm_follows_a_loaded_initialized_flag():
+    fresh, used = ActNorm(3), ActNorm(3)
+    used(torch.randn(64, 3) * 5 + 2)  # initialises from this batch
+    used.load_state_dict(fresh.state_dict())  # back to "not initialised"
+    y, _ = used(torch.randn(256, 3) * 3 - 1)  # so this batch initialises it again
+    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    restored = ActNorm(3)
+    restored.load_state_dict(used.state_dict())  # initialised state: kept, not re-initialised
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(restored(x)[0], used(x)[0])

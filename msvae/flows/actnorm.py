@@ -25,6 +25,7 @@ class ActNorm(Transform):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False  # host copy of `initialized`: no device sync per call
 
     def _check(self, x: Tensor, name: str) -> None:
         if not isinstance(x, Tensor) or x.dim() not in (2, 4):
@@ -41,14 +42,22 @@ class ActNorm(Transform):
         self.bias.copy_(-per_channel.mean(1))
         self.log_scale.copy_(-(per_channel.std(1, unbiased=False) + self.eps).log())
         self.initialized.fill_(True)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # re-read the loaded buffer on the next forward
 
     def _log_det(self, x: Tensor) -> Tensor:
         return (x[0, 0].numel() * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, "x")
-        if not bool(self.initialized):
-            self._initialize(x)
+        if not self._known_initialized:
+            if bool(self.initialized):
+                self._known_initialized = True
+            else:
+                self._initialize(x)
         y = (x + self._broadcast(self.bias, x)) * self._broadcast(self.log_scale, x).exp()
         return y, self._log_det(x)
 

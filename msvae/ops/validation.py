@@ -22,10 +22,11 @@ def check_tensors(**tensors: Tensor) -> None:
 
 
 def check_finite(**tensors: Tensor) -> None:
-    """No argument holds NaN or Inf."""
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf values")
+    """No argument holds NaN or Inf (one host synchronisation for all of them)."""
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if not bool(finite.all()):
+        name = list(tensors)[int((~finite).nonzero()[0, 0])]
+        raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def check_number(name: str, value, *, positive: bool = False) -> None:
