@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from msvae.triton import constants
+
 BLOCK = 1024
 
 
@@ -66,9 +68,8 @@ def _bwd_kernel(gy_ptr, gl_ptr, x_ptr, t_ptr, r_ptr, c_ptr, dx_ptr, dt_ptr, dr_p
 
 
 def _launch(x, clamp):
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    consts = torch.tensor([clamp], dtype=acc).to(x.device, non_blocking=True)
-    meta = dict(BLOCK=BLOCK, acc_t=tl.float64 if acc == torch.float64 else tl.float32)
+    consts = constants((clamp,), x)
+    meta = dict(BLOCK=BLOCK, acc_t=tl.float64 if x.dtype == torch.float64 else tl.float32)
     return (triton.cdiv(x.numel(), BLOCK),), consts, meta
 
 

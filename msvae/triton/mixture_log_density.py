@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from msvae.triton import constants
+
 _LOG2E = 1.0 / math.log(2.0)
 
 
@@ -211,10 +213,8 @@ def _acc(x):
 
 def _constants_tensor(x, base: float, diag: float, next: float):
     """The log-weights in log2 units and the kernels' constants, in the accumulation dtype on x's device."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    values = [base * _LOG2E, diag * _LOG2E, next * _LOG2E, _LOG2E, math.log(2.0), 0.5 * _LOG2E,
-              math.log(2.0 * math.pi)]
-    return torch.tensor(values, dtype=dtype).to(x.device, non_blocking=True)
+    return constants((base * _LOG2E, diag * _LOG2E, next * _LOG2E, _LOG2E, math.log(2.0),
+                      0.5 * _LOG2E, math.log(2.0 * math.pi)), x)
 
 
 def forward(x, mu, logvar, scheme: int, base: float, diag: float, next: float):

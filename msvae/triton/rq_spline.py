@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from msvae.triton import constants
+
 BLOCK = 64
 
 
@@ -174,14 +176,9 @@ def _bwd_kernel(gy_ptr, gl_ptr, x_ptr, wr_ptr, hr_ptr, dr_ptr, c_ptr, dx_ptr, dw
              mask=em[:, None] & (k < K - 1)[None, :])
 
 
-def _acc(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _launch(x, K, tail_bound, min_bin_width, min_bin_height, min_derivative):
     """(grid, constants tensor, meta-parameters) for n = x.numel() elements."""
-    consts = torch.tensor([tail_bound, min_bin_width, min_bin_height, min_derivative],
-                          dtype=_acc(x)).to(x.device, non_blocking=True)
+    consts = constants((tail_bound, min_bin_width, min_bin_height, min_derivative), x)
     acc_t = tl.float64 if x.dtype == torch.float64 else tl.float32
     return (triton.cdiv(x.numel(), BLOCK),), consts, dict(BLOCK=BLOCK, KP=triton.next_power_of_2(K),
                                                            acc_t=acc_t)
