@@ -57,9 +57,11 @@ def _parameters(shape: tuple[int, ...], **values) -> list[Tensor]:
 
 
 def _check_positive(**values: Tensor) -> None:
-    for name, t in values.items():
-        if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
-            raise ValueError(f"{name} must be positive and finite")
+    """Every value is positive and finite (one host synchronisation for all of them)."""
+    ok = torch.stack([(torch.isfinite(t) & (t > 0)).all() for t in values.values()])
+    if not bool(ok.all()):
+        name = list(values)[int((~ok).nonzero()[0, 0])]
+        raise ValueError(f"{name} must be positive and finite")
 
 
 class _Prior(Distribution):
