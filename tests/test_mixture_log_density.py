@@ -132,14 +132,16 @@ def test_non_contiguous_inputs(backend, device):
 
 
 def test_cpu_backward_across_column_panels(monkeypatch):
-    """A tiny scratch budget forces the cpu backward through several column panels (and a ragged last one)."""
+    """A tiny scratch budget forces the cpu backward through several column panels (and a ragged
+    last one); the problem is big enough (Q B D >= 2^19) for two threads, whose buffers are summed."""
     if ("cpu", "cpu") not in CASES:
         pytest.skip("cpu backend not built")
     monkeypatch.setattr(mld, "CPU_SCRATCH_BYTES", 1)
-    inputs = make_inputs(70, 700, 3, requires_grad=True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    inputs = make_inputs(90, 2000, 3, requires_grad=True)
     grads = []
     for name in ("cpu", "reference"):
-        joint, marginal = mixture_log_density(*inputs, weights="mws", dataset_size=N, backend=name)
+        joint, marginal = mixture_log_density(*inputs, weights="mws", dataset_size=10 * N, backend=name)
         grads.append(torch.autograd.grad(joint.sum() + 2 * marginal.sum(), inputs))
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -58,7 +58,7 @@ template <typename T>
 bool affine_coupling_forward(const T* x, const T* shift, const T* scale_raw, int64_t n, double clamp,
                              bool inverse, T* y, T* logabsdet, int threads) {
   const T c = T(clamp), inv_c = T(1 / clamp);
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n / kElementsPerThread)));
+  threads = threads_for(n, kElementsPerThread, threads);
   std::vector<char> finite(threads, 1);
   parallel_for(n, threads, [&](int64_t begin, int64_t end, int t) {
     Vec<T> probe = splat(T(0));  // v - v of every input: NaN from then on if one is not finite
@@ -79,7 +79,7 @@ void affine_coupling_backward(const T* grad_y, const T* grad_logabsdet, const T*
                               const T* scale_raw, int64_t n, double clamp, bool inverse, T* dx,
                               T* dshift, T* dscale_raw, int threads) {
   const T c = T(clamp), inv_c = T(1 / clamp);
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n / kElementsPerThread)));
+  threads = threads_for(n, kElementsPerThread, threads);
   parallel_for(n, threads, [&](int64_t begin, int64_t end, int) {
     for_vectors<T, 5, 3>(begin, end, {grad_y, grad_logabsdet, x, shift, scale_raw},
                          {dx, dshift, dscale_raw}, [&](const Vec<T>* a, Vec<T>* r) {

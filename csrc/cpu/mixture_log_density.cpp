@@ -24,6 +24,7 @@ namespace msvae::cpu {
 namespace {
 
 constexpr int64_t kBlock = 256;
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;  // (query, component, dimension) triples
 static_assert(kBlock % Simd<float>::width == 0 && kBlock % Simd<double>::width == 0);
 
 template <typename T>
@@ -190,6 +191,7 @@ template <typename T>
 void mixture_log_density_forward(const T* x, const T* mu, const T* logvar, int64_t Q, int64_t B,
                                  int64_t D, MixtureWeights w, T* joint, T* marginal, int threads) {
   const Components<T> c(mu, logvar, B, D);
+  threads = threads_for(Q * B * D, kMinWorkPerThread, std::min<int64_t>(threads, Q));
   parallel_for(Q, threads, [&](int64_t begin, int64_t end, int) {
     forward_rows(x, c, D, w, begin, end, joint, marginal);
   });
@@ -201,7 +203,7 @@ void mixture_log_density_backward(const T* grad_joint, const T* grad_marginal, c
                                   int64_t Q, int64_t B, int64_t D, MixtureWeights w, T* dx, T* dmu,
                                   T* dlogvar, int threads, int64_t scratch_bytes) {
   const Components<T> c(mu, logvar, B, D);
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, Q)));
+  threads = threads_for(Q * B * D, kMinWorkPerThread, std::min<int64_t>(threads, Q));
   // Panel width: the per-thread dmu / dlogvar buffers (2 * D * width each) stay within
   // scratch_bytes, in whole blocks, at least one block.
   const int64_t per_column = int64_t(threads) * 2 * D * int64_t(sizeof(T));

@@ -24,6 +24,12 @@ class FlushDenormals {
 #endif
 };
 
+// How many of `threads` to use for `work` units when each thread should get at least `min_work`
+// (spawning a thread costs tens of microseconds): at least 1, at most `threads`.
+inline int threads_for(int64_t work, int64_t min_work, int threads) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, work / min_work)));
+}
+
 // Calls fn(begin, end, thread_index) on `threads` contiguous chunks of [0, n).
 template <typename Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {

@@ -348,7 +348,7 @@ bool rq_spline_forward(const T* x, const T* widths_raw, const T* heights_raw, co
                        int64_t n, int64_t K, const RQSplineParams& p, T* y, T* logabsdet,
                        int threads) {
   const int64_t blocks = (n + Simd<T>::width - 1) / Simd<T>::width;
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks / kBlocksPerThread)));
+  threads = threads_for(blocks, kBlocksPerThread, threads);
   std::vector<char> finite(threads, 1);
   parallel_for(blocks, threads, [&](int64_t begin, int64_t end, int t) {
     finite[t] = forward_blocks(x, widths_raw, heights_raw, derivs_raw, n, K, p, begin, end, y,
@@ -363,7 +363,7 @@ void rq_spline_backward(const T* grad_y, const T* grad_logabsdet, const T* x, co
                         const RQSplineParams& p, T* dx, T* dwidths_raw, T* dheights_raw,
                         T* dderivs_raw, int threads) {
   const int64_t blocks = (n + Simd<T>::width - 1) / Simd<T>::width;
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks / kBlocksPerThread)));
+  threads = threads_for(blocks, kBlocksPerThread, threads);
   parallel_for(blocks, threads, [&](int64_t begin, int64_t end, int) {
     backward_blocks(grad_y, grad_logabsdet, x, widths_raw, heights_raw, derivs_raw, n, K, p, begin,
                     end, dx, dwidths_raw, dheights_raw, dderivs_raw);
