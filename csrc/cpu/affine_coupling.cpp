@@ -14,9 +14,6 @@ namespace {
 
 constexpr int64_t kElementsPerThread = 32768;  // below this much work per thread, fewer threads
 
-template <typename T>
-using Vec = typename Simd<T>::Vec;
-
 // tanh(z) = sign(z) (1 - e) / (1 + e) with e = exp(-2 |z|) in (0, 1].
 template <typename T>
 Vec<T> vtanh(Vec<T> z) {

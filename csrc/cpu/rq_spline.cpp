@@ -27,9 +27,6 @@ namespace {
 constexpr int64_t kBlocksPerThread = 64;  // below this much work per thread, fewer threads
 
 template <typename T>
-using Vec = typename Simd<T>::Vec;
-
-template <typename T>
 struct FloatBits;
 template <>
 struct FloatBits<float> {

@@ -27,6 +27,9 @@ struct Simd<double> {
   static constexpr int64_t width = 8;
 };
 
+template <typename T>
+using Vec = typename Simd<T>::Vec;
+
 template <typename To, typename From>
 inline To bit_cast(const From& v) {
   static_assert(sizeof(To) == sizeof(From));

@@ -59,6 +59,22 @@ def _log_weights(i, j, B, base2, diag2, next2):
 
 
 @triton.jit
+def _tile_log_density(x, mu_ptr, lv_ptr, i, j, d, B, D, base2, diag2, next2, half_log2e, log_2pi,
+                      SCHEME: tl.constexpr, acc_t: tl.constexpr):
+    """For queries x [BQ, BD] and components j: (diff, p = e^{-lv}, f2 [BQ, BB, BD], s [BQ, BB]),
+    the per-dimension and joint log2-densities with the MSS log2-weights added for scheme 1."""
+    mu, p, c2 = _components(mu_ptr, lv_ptr, j, d, B, D, half_log2e, log_2pi, acc_t)
+    diff = x[:, None, :] - mu[None, :, :]
+    f2 = c2[None, :, :] - diff * diff * (p * half_log2e)[None, :, :]
+    s = tl.sum(f2, axis=2)
+    if SCHEME == 1:
+        lw = _log_weights(i, j, B, base2, diag2, next2)
+        s = s + lw
+        f2 = f2 + lw[:, :, None]
+    return diff, p, f2, s
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, mu_ptr, lv_ptr, joint_ptr, marg_ptr, c_ptr, Q, B, D,
                 SCHEME: tl.constexpr, BQ: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr, acc_t: tl.constexpr):
     """joint [Q], marginal [Q, D] for a block of BQ queries, streaming over B in blocks of BB."""
@@ -75,14 +91,8 @@ def _fwd_kernel(x_ptr, mu_ptr, lv_ptr, joint_ptr, marg_ptr, c_ptr, Q, B, D,
     s_m = tl.zeros([BQ, BD], acc_t)
     for j0 in range(0, B, BB):
         j = j0 + tl.arange(0, BB)
-        mu, p, c2 = _components(mu_ptr, lv_ptr, j, d, B, D, half_log2e, log_2pi, acc_t)
-        diff = x[:, None, :] - mu[None, :, :]
-        f2 = c2[None, :, :] - diff * diff * (p * half_log2e)[None, :, :]
-        s = tl.sum(f2, axis=2)
-        if SCHEME == 1:
-            lw = _log_weights(i, j, B, base2, diag2, next2)
-            s = s + lw
-            f2 = f2 + lw[:, :, None]
+        diff, p, f2, s = _tile_log_density(x, mu_ptr, lv_ptr, i, j, d, B, D, base2, diag2, next2,
+                                           half_log2e, log_2pi, SCHEME, acc_t)
         m_new = tl.maximum(m_j, tl.max(s, axis=1))
         s_j = s_j * tl.exp2(m_j - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
         m_j = m_new
@@ -126,14 +136,8 @@ def _bwd_rows_kernel(gj_ptr, gm_ptr, x_ptr, mu_ptr, lv_ptr, joint_ptr, marg_ptr,
     a_m = tl.zeros([BQ, BD], acc_t)
     for j0 in range(0, B, BB):
         j = j0 + tl.arange(0, BB)
-        mu, p, c2 = _components(mu_ptr, lv_ptr, j, d, B, D, half_log2e, log_2pi, acc_t)
-        diff = x[:, None, :] - mu[None, :, :]
-        f2 = c2[None, :, :] - diff * diff * (p * half_log2e)[None, :, :]
-        s = tl.sum(f2, axis=2)
-        if SCHEME == 1:
-            lw = _log_weights(i, j, B, base2, diag2, next2)
-            s = s + lw
-            f2 = f2 + lw[:, :, None]
+        diff, p, f2, s = _tile_log_density(x, mu_ptr, lv_ptr, i, j, d, B, D, base2, diag2, next2,
+                                           half_log2e, log_2pi, SCHEME, acc_t)
         pj = tl.exp2(s - j2[:, None])
         rm = tl.exp2(f2 - m2[:, None, :])
         q = diff * p[None, :, :]
