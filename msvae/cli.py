@@ -1,9 +1,14 @@
 """The ``msvae`` command.
 
-    msvae stage1 --out runs/stage1 --minutes 55     # beta-TCVAE on dSprites, evaluated on held-out images
+    msvae fit --out runs/quick --preset quick    # both stages on dSprites, evaluated, with figures
+    msvae eval runs/quick                        # re-evaluate a run's model on held-out images
+    msvae traverse runs/quick --index 3          # latent traversals of one held-out image, w fixed
+    msvae sample runs/quick -n 64                # samples from the model
+    msvae stage1 --out runs/stage1 --minutes 55  # stage 1 alone
 
-Each run writes one folder: ``config.json``, the checkpoint ``stage1.pt`` (a rerun with the same
-``--out`` resumes from it), the trained ``model.pt``, ``history.json``, ``metrics.json`` and PNG figures.
+Each run writes one folder: ``config.json`` (the resolved settings), checkpoints (a rerun with the
+same ``--out`` resumes from them), the trained ``model.pt``, ``history.json``, ``metrics.json``
+(held-out reconstruction errors, disentanglement metrics) and PNG figures.
 """
 from __future__ import annotations
 
@@ -17,13 +22,68 @@ import torch
 from torch.utils.data import Subset
 
 from msvae.data import DSprites
-from msvae.evaluation import disentanglement_report, encode_images, save_stage1_figures
+from msvae.evaluation import (disentanglement_report, encode_images, reconstruction_summary,
+                              save_multistage_figures, save_stage1_figures)
 from msvae.losses import BetaTCVAELoss
-from msvae.models import DisentangledVAE
+from msvae.models import DisentangledVAE, MultiStageModel
+
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# ``msvae fit`` presets; any option given on the command line overrides its preset's value.
+PRESETS = {
+    # The whole pipeline in at most 10 minutes on a 2-core CPU: both stages are time-limited.
+    "quick": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
+                  estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
+                  stage1_steps=100_000, stage1_minutes=4.5, stage2_steps=100_000,
+                  stage2_minutes=3.5, free_bits=0.5, kl_warmup=500, eval_size=2000),
+    # Full-length training, meant for a GPU.
+    "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
+                  estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
+                  stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
+                  stage2_minutes=None, free_bits=0.5, kl_warmup=5000, eval_size=10_000),
+}
+FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
 
 
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1) + "\n")
+
+
+def _read_config(run: Path) -> dict:
+    path = run / "config.json"
+    if not path.exists():
+        raise SystemExit(f"msvae: {run} is not a run folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def _data(config: dict) -> tuple[DSprites, np.ndarray, np.ndarray]:
+    """The dataset, its training indices, and the held-out indices that are evaluated."""
+    dataset = DSprites(config.get("dsprites"))
+    train_idx, test_idx = DSprites.split(config["held_out"], seed=config["seed"])
+    eval_idx = np.random.default_rng(config["seed"]).choice(
+        test_idx, min(config["eval_size"], len(test_idx)), replace=False)
+    return dataset, train_idx, eval_idx
+
+
+def _evaluate(model, dataset: DSprites, eval_idx: np.ndarray, seed: int) -> dict:
+    encoded = encode_images(model, dataset.images, eval_idx)
+    report = disentanglement_report(encoded["mu"], encoded["logvar"], dataset.factors(eval_idx),
+                                    seed=seed)
+    return {**reconstruction_summary(encoded), **report, "held_out_images": len(eval_idx)}
+
+
+def _print_summary(results: dict) -> None:
+    keys = ("stage1", "full", "full_over_stage1", "w_kl", "bits_per_dim", "mig", "mig_chen",
+            "dci_disentanglement", "steps", "train_seconds")
+    print(json.dumps({k: results[k] for k in keys if k in results}, indent=1))
+
+
+def _stage1_loss(config: dict, dataset_size: int) -> BetaTCVAELoss:
+    return BetaTCVAELoss(dataset_size=dataset_size, alpha=config["alpha"], beta=config["beta"],
+                         gamma=config["gamma"], estimator=config["estimator"])
+
+
+def _minutes(value: float | None) -> float | None:
+    return None if value is None else 60.0 * value
 
 
 def stage1(args: argparse.Namespace) -> dict:
@@ -33,60 +93,181 @@ def stage1(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k != "func"}
     _write_json(out / "config.json", config)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    dataset = DSprites(args.dsprites)
-    train_idx, test_idx = DSprites.split(args.held_out, seed=args.seed)
+    dataset, train_idx, eval_idx = _data(config)
     model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(args.device)
-    loss = BetaTCVAELoss(dataset_size=len(train_idx), alpha=args.alpha, beta=args.beta,
-                         gamma=args.gamma, estimator=args.estimator)
     started = time.monotonic()
-    model.fit(Subset(dataset, train_idx.tolist()), loss=loss, steps=args.steps,
-              batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup, checkpoint_dir=out,
-              checkpoint_every=args.checkpoint_every, progress=not args.quiet, seed=args.seed,
-              time_limit=None if args.minutes is None else 60 * args.minutes)
+    model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx)),
+              steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
+              checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+              seed=args.seed, time_limit=_minutes(args.minutes))
     train_seconds = time.monotonic() - started
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
-
-    eval_idx = np.random.default_rng(args.seed).choice(test_idx, min(args.eval_size, len(test_idx)),
-                                                       replace=False)
-    encoded = encode_images(model, dataset.images, eval_idx)
-    report = disentanglement_report(encoded["mu"], encoded["logvar"], dataset.factors(eval_idx),
-                                    seed=args.seed)
-    results = {"stage1": {"bce": float(encoded["bce"].mean()), "mse": float(encoded["mse"].mean())},
-               **report, "steps": model.history[-1]["step"] if model.history else 0,
-               "train_seconds": train_seconds, "held_out_images": len(eval_idx)}
+    results = {**_evaluate(model, dataset, eval_idx, args.seed),
+               "steps": model.history[-1]["step"] if model.history else 0,
+               "train_seconds": train_seconds}
     _write_json(out / "metrics.json", results)
     save_stage1_figures(model, dataset.images(eval_idx[:8]), out)
-    summary = {k: round(v, 4) for k, v in results.items() if isinstance(v, float)}
-    print(json.dumps({"stage1": results["stage1"], **summary}, indent=1))
+    _print_summary(results)
     return results
+
+
+def fit(args: argparse.Namespace) -> dict:
+    """Fits both stages on dSprites from a preset, evaluates on held-out images, draws figures."""
+    config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
+                                          if v is not None and k != "func"}}
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config)
+    torch.set_num_threads(config.get("threads") or torch.get_num_threads())
+    dataset, train_idx, eval_idx = _data(config)
+    stage2_options = (dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
+                           kl_warmup=config["kl_warmup"]) if config["stage2"] == "vae" else FLOW_OPTIONS)
+    model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
+                                       **stage2_options).to(config["device"])
+    started = time.monotonic()
+    model.fit(Subset(dataset, train_idx.tolist()),
+              stage1_loss=_stage1_loss(config, len(train_idx)), stage1_steps=config["stage1_steps"],
+              stage2_steps=config["stage2_steps"], stage1_lr=config["lr"],
+              stage2_lr=config["stage2_lr"], batch_size=config["batch_size"],
+              penalty_warmup=config["warmup"], stage1_time_limit=_minutes(config["stage1_minutes"]),
+              stage2_time_limit=_minutes(config["stage2_minutes"]), checkpoint_dir=out,
+              checkpoint_every=config["checkpoint_every"], progress=not config["quiet"],
+              seed=config["seed"])
+    train_seconds = time.monotonic() - started
+    model.save(out / "model.pt")
+    _write_json(out / "history.json", model.history)
+    results = {**_evaluate(model, dataset, eval_idx, config["seed"]),
+               "steps": {stage: h[-1]["step"] if h else 0 for stage, h in model.history.items()},
+               "train_seconds": train_seconds}
+    _write_json(out / "metrics.json", results)
+    save_multistage_figures(model, dataset.images(eval_idx[:8]), out)
+    _print_summary(results)
+    return results
+
+
+def _load_run(run: Path) -> tuple[dict, MultiStageModel]:
+    config = _read_config(run)
+    if not (run / "model.pt").exists():
+        raise SystemExit(f"msvae: {run} has no model.pt (has its fit finished?)")
+    return config, MultiStageModel.load(run / "model.pt").to(
+        DEFAULT_DEVICE if config.get("device") is None else config["device"])
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Re-evaluates a run's model (``metrics.json`` and figures are rewritten)."""
+    run = Path(args.run)
+    config, model = _load_run(run)
+    if args.eval_size is not None:
+        config["eval_size"] = args.eval_size
+    dataset, _, eval_idx = _data(config)
+    previous = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    results = {**previous, **_evaluate(model, dataset, eval_idx, config["seed"])}
+    _write_json(run / "metrics.json", results)
+    save_multistage_figures(model, dataset.images(eval_idx[:8]), run)
+    _print_summary(results)
+    return results
+
+
+def traverse(args: argparse.Namespace) -> Path:
+    """Traversals of every latent from one held-out image, its ``w`` fixed, as one PNG."""
+    from msvae.plotting import save_grid
+
+    run = Path(args.run)
+    config, model = _load_run(run)
+    dataset, _, eval_idx = _data(config)
+    if not 0 <= args.index < len(eval_idx):
+        raise SystemExit(f"msvae: --index must be in [0, {len(eval_idx)}), got {args.index}")
+    image = dataset.images(eval_idx[args.index:args.index + 1])[0]
+    values = torch.linspace(-args.span, args.span, args.steps)
+    rows = [model.traverse(k, values, x=image) for k in range(model.stage1.latent_dim)]
+    path = Path(args.png or run / f"traversal_{args.index}.png")
+    save_grid(torch.cat(rows), path, nrow=args.steps)
+    print(path)
+    return path
+
+
+def sample(args: argparse.Namespace) -> Path:
+    """Samples from a run's model as one PNG grid."""
+    from msvae.plotting import save_grid
+
+    run = Path(args.run)
+    _, model = _load_run(run)
+    torch.manual_seed(args.seed)
+    images = model.sample(args.n, temperature=args.temperature)
+    path = Path(args.png or run / f"samples_{args.seed}.png")
+    save_grid(images, path, nrow=max(1, int(args.n ** 0.5)))
+    print(path)
+    return path
+
+
+def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options shared by ``fit`` and ``stage1``; ``fit`` leaves them None so presets fill them."""
+    d = (lambda value: value) if defaults else (lambda value: None)
+    parser.add_argument("--out", required=True, help="run folder (created; reused to resume)")
+    parser.add_argument("--dsprites", default=None, help="official dSprites .npz (default: rendered procedurally)")
+    parser.add_argument("--latent-dim", type=int, default=d(10))
+    parser.add_argument("--alpha", type=float, default=d(1.0), help="beta-TCVAE weight of the index-code MI")
+    parser.add_argument("--beta", type=float, default=d(6.0), help="beta-TCVAE weight of the total correlation")
+    parser.add_argument("--gamma", type=float, default=d(1.0), help="beta-TCVAE weight of the dimension-wise KL")
+    parser.add_argument("--estimator", choices=["mss", "mws"], default=d("mss"))
+    parser.add_argument("--batch-size", type=int, default=d(64))
+    parser.add_argument("--lr", type=float, default=d(5e-4), help="stage-1 learning rate")
+    parser.add_argument("--warmup", type=int, default=d(0), help="steps of linear warm-up of the stage-1 penalty")
+    parser.add_argument("--held-out", type=float, default=0.1, help="fraction of images held out")
+    parser.add_argument("--eval-size", type=int, default=d(10_000), help="held-out images evaluated")
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="torch device (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    f = commands.add_parser("fit", help="fit stage 1 then stage 2 on dSprites, evaluate, draw figures")
+    f.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="quick: <= 10 min on a 2-core CPU; paper: full length, for a GPU")
+    _common(f, defaults=False)
+    f.add_argument("--stage2", choices=["vae", "flow"], default=None, help="second-stage model")
+    f.add_argument("--w-dim", type=int, default=None, help="size of w (VAE stage 2)")
+    f.add_argument("--free-bits", type=float, default=None, help="nats per dimension of w not penalised")
+    f.add_argument("--kl-warmup", type=int, default=None, help="steps of linear warm-up of w's KL")
+    f.add_argument("--stage2-lr", type=float, default=None)
+    for stage in ("stage1", "stage2"):
+        f.add_argument(f"--{stage}-steps", type=int, default=None, help=f"maximum {stage} steps")
+        f.add_argument(f"--{stage}-minutes", type=float, default=None,
+                       help=f"stop {stage} training after this many minutes")
+    f.set_defaults(func=fit)
+
+    e = commands.add_parser("eval", help="re-evaluate a run's model on held-out images")
+    e.add_argument("run", help="run folder written by msvae fit")
+    e.add_argument("--eval-size", type=int, default=None, help="held-out images (default: the run's)")
+    e.set_defaults(func=evaluate)
+
+    t = commands.add_parser("traverse", help="traverse every latent of one held-out image, w fixed")
+    t.add_argument("run", help="run folder written by msvae fit")
+    t.add_argument("--index", type=int, default=0, help="which evaluated held-out image")
+    t.add_argument("--span", type=float, default=2.5, help="values from -span to span")
+    t.add_argument("--steps", type=int, default=9, help="values per latent")
+    t.add_argument("--png", default=None, help="output file (default: RUN/traversal_INDEX.png)")
+    t.set_defaults(func=traverse)
+
+    s = commands.add_parser("sample", help="draw samples from a run's model")
+    s.add_argument("run", help="run folder written by msvae fit")
+    s.add_argument("-n", type=int, default=64, help="number of samples")
+    s.add_argument("--temperature", type=float, default=1.0, help="scale of w's prior")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--png", default=None, help="output file (default: RUN/samples_SEED.png)")
+    s.set_defaults(func=sample)
+
     s1 = commands.add_parser("stage1", help="train and evaluate a stage-1 beta-TCVAE on dSprites")
-    s1.add_argument("--out", required=True, help="run folder (created; reused to resume)")
-    s1.add_argument("--dsprites", default=None, help="official dSprites .npz (default: rendered procedurally)")
-    s1.add_argument("--latent-dim", type=int, default=10)
-    s1.add_argument("--alpha", type=float, default=1.0)
-    s1.add_argument("--beta", type=float, default=6.0)
-    s1.add_argument("--gamma", type=float, default=1.0)
-    s1.add_argument("--estimator", choices=["mss", "mws"], default="mss")
-    s1.add_argument("--batch-size", type=int, default=64)
-    s1.add_argument("--lr", type=float, default=5e-4)
+    _common(s1, defaults=True)
     s1.add_argument("--steps", type=int, default=300_000, help="maximum number of steps")
     s1.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
-    s1.add_argument("--warmup", type=int, default=0, help="steps of linear warm-up of the penalty")
-    s1.add_argument("--held-out", type=float, default=0.1, help="fraction of images held out")
-    s1.add_argument("--eval-size", type=int, default=10_000, help="held-out images evaluated")
-    s1.add_argument("--checkpoint-every", type=int, default=1000)
-    s1.add_argument("--seed", type=int, default=0)
-    s1.add_argument("--threads", type=int, default=None)
-    s1.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="torch device to train on (default: cuda when available)")
-    s1.add_argument("--quiet", action="store_true", help="no progress bar")
     s1.set_defaults(func=stage1)
     return parser
 

@@ -1,6 +1,7 @@
 """Held-out evaluation of a trained stage 1: reconstruction error, disentanglement metrics, figures."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -15,30 +16,71 @@ from msvae.losses import gaussian_kl
 from msvae.plotting import save_grid
 
 
+def _errors(x: Tensor, output: Tensor | None, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image BCE (from Bernoulli logits ``output`` when given, else from the clamped mean) and
+    squared error of the mean image, summed over pixels ``[B]``."""
+    if output is not None:
+        bce = F.binary_cross_entropy_with_logits(output, x, reduction="none")
+    else:
+        bce = F.binary_cross_entropy(mean.clamp(1e-6, 1 - 1e-6), x, reduction="none")
+    return bce.flatten(1).sum(1), (mean - x).pow(2).flatten(1).sum(1)
+
+
 @torch.no_grad()
 def encode_images(model, load_images: Callable[[np.ndarray], Tensor], indices: np.ndarray,
                   batch_size: int = 256) -> dict[str, Tensor]:
-    """Posterior parameters and per-image reconstruction errors of the images ``load_images(indices)``.
+    """Codes and per-image reconstruction errors of the images ``load_images(indices)``.
 
-    Returns ``mu, logvar [N, D]`` and ``bce, mse [N]`` (summed over pixels; reconstruction from the
-    posterior mean; BCE of the Bernoulli decoder, MSE of its mean image).
+    ``model`` is a ``DisentangledVAE`` or a ``MultiStageModel``. Returns ``mu, logvar [N, D]`` of
+    ``z`` and ``bce, mse [N]`` of stage 1 (summed over pixels; reconstruction from the posterior
+    mean; BCE of the Bernoulli decoder, MSE of its mean image). A multi-stage model adds
+    ``full_bce, full_mse [N]`` (reconstruction from the posterior means of ``z`` and ``w``) and
+    ``w_kl [N, w_dim]`` (KL of ``q(w | x, x1)`` from the prior per dimension) for a VAE stage 2
+    or ``bits_per_dim [N]`` (negative log-likelihood of the image) for a flow stage 2.
     """
-    mus, logvars, bces, mses = [], [], [], []
+    from msvae.models import VAEStage2  # evaluation is imported by models' users, not the reverse
+
+    stage1, stage2 = getattr(model, "stage1", model), getattr(model, "stage2", None)
+    columns: dict[str, list[Tensor]] = {}
     for start in range(0, len(indices), batch_size):
-        x = load_images(indices[start:start + batch_size]).to(model.device)
-        mu, logvar = model.encoder(x)
-        output = model.decoder(mu)
-        mean = model.mean_output(output)
-        if model.likelihood == "bernoulli":
-            bce = F.binary_cross_entropy_with_logits(output, x, reduction="none").flatten(1).sum(1)
-        else:
-            bce = F.binary_cross_entropy(mean.clamp(1e-6, 1 - 1e-6), x, reduction="none").flatten(1).sum(1)
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-        bces.append(bce.cpu())
-        mses.append((mean - x).pow(2).flatten(1).sum(1).cpu())
-    return {"mu": torch.cat(mus), "logvar": torch.cat(logvars), "bce": torch.cat(bces),
-            "mse": torch.cat(mses)}
+        x = load_images(indices[start:start + batch_size]).to(stage1.device)
+        mu, logvar = stage1.encoder(x)
+        output = stage1.decoder(mu)
+        mean = stage1.mean_output(output)
+        row = {"mu": mu, "logvar": logvar,
+               **dict(zip(("bce", "mse"), _errors(x, output if stage1.likelihood == "bernoulli" else None,
+                                                  mean)))}
+        if isinstance(stage2, VAEStage2):
+            w_mu, w_logvar = stage2.posterior(x, mean)
+            full = stage2.decoder(output, mean, w_mu)
+            full_mean = stage2.mean_output(full)
+            row["full_bce"], row["full_mse"] = _errors(
+                x, full if stage2.likelihood == "bernoulli" else None, full_mean)
+            row["w_kl"] = gaussian_kl(w_mu, w_logvar)
+        elif stage2 is not None:
+            full_mean = stage2.generate(output, mean, stage2.encode(x, output, mean))
+            row["full_bce"], row["full_mse"] = _errors(x, None, full_mean)
+            row["bits_per_dim"] = -stage2.log_prob(x, mean) / (x[0].numel() * math.log(2))
+        for key, value in row.items():
+            columns.setdefault(key, []).append(value.cpu())
+    return {key: torch.cat(values) for key, values in columns.items()}
+
+
+def reconstruction_summary(encoded: dict[str, Tensor]) -> dict:
+    """Held-out means from ``encode_images``: ``{"stage1": {bce, mse}, "full": {bce, mse},
+    "full_over_stage1": {bce, mse}, "w_kl_per_dim": [...]}`` (the keys the model has)."""
+    summary: dict = {"stage1": {"bce": float(encoded["bce"].mean()), "mse": float(encoded["mse"].mean())}}
+    if "full_bce" in encoded:
+        summary["full"] = {"bce": float(encoded["full_bce"].mean()),
+                           "mse": float(encoded["full_mse"].mean())}
+        summary["full_over_stage1"] = {k: summary["full"][k] / summary["stage1"][k] for k in ("bce", "mse")}
+    if "w_kl" in encoded:
+        summary["w_kl_per_dim"] = encoded["w_kl"].mean(0).tolist()
+        summary["w_kl"] = float(encoded["w_kl"].sum(1).mean())
+    if "bits_per_dim" in encoded:
+        summary["full"]["exact_inverse"] = True
+        summary["bits_per_dim"] = float(encoded["bits_per_dim"].mean())
+    return summary
 
 
 def disentanglement_report(mu: Tensor, logvar: Tensor, factors: np.ndarray, seed: int = 0) -> dict:
@@ -92,11 +134,40 @@ def save_stage1_figures(model, images: Tensor, out_dir: str | os.PathLike, span:
     paths = [out_dir / "reconstructions.png", out_dir / "traversals.png"]
     save_grid(torch.cat([images, recon]), paths[0], nrow=len(images))
     code = model.encode(images[:1])
-    values = torch.linspace(-span, span, steps, device=model.device)
-    rows = []
-    for d in range(model.latent_dim):
-        z = code.repeat(steps, 1)
-        z[:, d] = values
-        rows.append(model.decode(z))
+    values = torch.linspace(-span, span, steps)
+    rows = [model.decode(_sweep(code[0], d, values)) for d in range(model.latent_dim)]
     save_grid(torch.cat(rows), paths[1], nrow=steps)
     return paths
+
+
+@torch.no_grad()
+def save_multistage_figures(model, images: Tensor, out_dir: str | os.PathLike, span: float = 2.5,
+                            steps: int = 9, num_samples: int = 64) -> list[Path]:
+    """PNG figures of a ``MultiStageModel`` in ``out_dir``:
+
+    - ``reconstructions.png``: the ``images`` (top row), stage-1 reconstructions, full ones;
+    - ``traversals.png`` / ``traversals_stage1.png``: one row per latent ``z_k`` swept over
+      ``[-span, span]`` from the first image's codes, with its ``w`` fixed / by stage 1 alone;
+    - ``samples.png``: ``num_samples`` draws from the model.
+    """
+    out_dir = Path(out_dir)
+    images = images.to(model.device)
+    paths = [out_dir / name for name in ("reconstructions.png", "traversals.png",
+                                         "traversals_stage1.png", "samples.png")]
+    rows = [images, model.reconstruct(images, "stage1"), model.reconstruct(images, "full")]
+    save_grid(torch.cat(rows), paths[0], nrow=len(images))
+    values = torch.linspace(-span, span, steps)
+    z, w = (c[0] for c in model.encode(images[:1]))
+    full = [model.traverse(k, values, z=z, w=w) for k in range(model.stage1.latent_dim)]
+    save_grid(torch.cat(full), paths[1], nrow=steps)
+    first = [model.stage1_output(_sweep(z, k, values))[1] for k in range(model.stage1.latent_dim)]
+    save_grid(torch.cat(first), paths[2], nrow=steps)
+    save_grid(model.sample(num_samples), paths[3], nrow=int(math.sqrt(num_samples)) or 1)
+    return paths
+
+
+def _sweep(z: Tensor, k: int, values: Tensor) -> Tensor:
+    """Copies of the code ``z [D]`` with ``z_k`` set to each of ``values`` -> ``[len(values), D]``."""
+    codes = z.repeat(len(values), 1)
+    codes[:, k] = values.to(z)
+    return codes

@@ -23,15 +23,20 @@ def _check(levels: int, alpha: float) -> None:
 
 
 def dequantize(x: Tensor, levels: int = 256, alpha: float = 0.05,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """``x [B, ...]`` in ``[0, 1]`` -> ``(y [B, ...] real-valued, log|det dy/du| [B])``."""
+               generator: torch.Generator | None = None,
+               midpoint: bool = False) -> tuple[Tensor, Tensor]:
+    """``x [B, ...]`` in ``[0, 1]`` -> ``(y [B, ...] real-valued, log|det dy/du| [B])``.
+
+    ``midpoint`` puts every value at the centre of its bin instead of a uniform draw (deterministic
+    codes for encoding)."""
     _check(levels, alpha)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError(f"x must be a floating-point tensor [B, ...], got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if bool(((x < 0) | (x > 1) | x.isnan()).any()):
         raise ValueError("x must lie in [0, 1]")
-    noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    noise = (torch.full_like(x, 0.5) if midpoint else
+             torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator))
     u = ((x * (levels - 1)).round() + noise) / levels
     p = alpha + (1 - 2 * alpha) * u
     y = p.log() - (-p).log1p()

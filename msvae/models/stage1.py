@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (linear_warmup, load_checkpoint, random_batches, run_steps,
-                                   save_checkpoint)
+from msvae.models.training import (linear_warmup, load_checkpoint, random_batches, save_checkpoint,
+                                   train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -102,7 +102,7 @@ class DisentangledVAE(nn.Module):
         ``checkpoint_dir``, ``stage1.pt`` there holds model, loss, optimisers, step, RNG states and
         history, written every ``checkpoint_every`` steps; with ``resume`` training continues from
         it (exactly, on CPU and CUDA), and resuming with other settings is a ``ValueError``.
-        ``time_limit`` (seconds) stops training early. Seeds torch's global RNG with ``seed``.
+        ``time_limit`` (seconds, earlier runs of the checkpoint included) stops training early. Seeds torch's global RNG with ``seed``.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
         loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
@@ -119,26 +119,7 @@ class DisentangledVAE(nn.Module):
                     "seed": seed, "loss": repr(loss_fn)}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        path = Path(checkpoint_dir) / "stage1.pt" if checkpoint_dir is not None else None
-        start = 0
-        state = load_checkpoint(path) if (path is not None and resume) else None
-        if state is not None:
-            changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
-            if changed:
-                raise ValueError(f"{path} was written with other settings ({', '.join(changed)}): "
-                                 f"{ {k: state['settings'].get(k) for k in changed} }; use another "
-                                 f"checkpoint_dir or resume=False")
-            self.load_state_dict(state["model"])
-            loss_fn.load_state_dict(state["loss"])
-            optimizer.load_state_dict(state["optimizer"])
-            if disc_optimizer is not None:
-                disc_optimizer.load_state_dict(state["disc_optimizer"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if torch.cuda.is_available() and state["cuda_rng"]:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            start, self.history = state["step"], state["history"]
-        batches = random_batches(data, batch_size, generator, self.device)
+        batches = random_batches(data, batch_size, generator, self.device)  # lazy: draws after a resume
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
@@ -155,19 +136,13 @@ class DisentangledVAE(nn.Module):
                 logged["discriminator"] = discriminator_step(out["z"].detach(), disc_optimizer)
             return logged
 
-        def checkpoint(step: int) -> None:
-            save_checkpoint(path, {
-                "model": self.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "step": step, "history": self.history, "config": self.config, "settings": settings})
-
         self.train()
-        run_steps(step_fn, start=start, steps=steps, history=self.history, log_every=log_every,
-                  checkpoint=checkpoint if path is not None else None,
-                  checkpoint_every=checkpoint_every, progress=progress, desc="stage 1",
-                  time_limit=time_limit)
+        train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage1.pt",
+                        resume=resume, states={"model": self, "loss": loss_fn, "optimizer": optimizer,
+                                               "disc_optimizer": disc_optimizer},
+                        settings=settings, generator=generator, history=self.history, steps=steps,
+                        time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
+                        checkpoint_every=checkpoint_every, progress=progress, desc="stage 1")
         self.eval()
         return self.history
 

@@ -61,6 +61,55 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
+def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | os.PathLike | None,
+                    resume: bool, states: dict, settings: dict, generator: torch.Generator,
+                    history: list[dict], steps: int, time_limit: float | None = None,
+                    extra: dict | None = None, **loop) -> list[dict]:
+    """``run_steps`` with exact resumption from, and periodic checkpoints to, the file ``path``.
+
+    ``states`` maps names to objects with ``state_dict``/``load_state_dict`` (models, losses,
+    optimisers; None entries are skipped). The checkpoint holds them, the step, the history, the
+    RNG states (``generator``, torch's global and CUDA ones), the seconds trained so far,
+    ``settings`` and ``extra``. Resuming a checkpoint written with other ``settings`` is a
+    ``ValueError``; ``time_limit`` (seconds) counts the time of earlier runs too, so an
+    interrupted time-limited stage finishes its budget and a completed one does not train again.
+    ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, progress, desc).
+    """
+    path = None if path is None else Path(path)
+    start, trained = 0, 0.0
+    state = load_checkpoint(path) if (path is not None and resume) else None
+    if state is not None:
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{path} was written with other settings ({', '.join(changed)}): "
+                             f"{ {k: state['settings'].get(k) for k in changed} }; use another "
+                             f"checkpoint_dir or resume=False")
+        for name, obj in states.items():
+            if obj is not None:
+                obj.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start, trained = state["step"], state.get("train_seconds", 0.0)
+        history[:] = state["history"]
+    began = time.monotonic()
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(path, {
+            **{name: obj.state_dict() if obj is not None else None for name, obj in states.items()},
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "step": step, "history": history, "settings": settings,
+            "train_seconds": trained + time.monotonic() - began, **(extra or {})})
+
+    remaining = None if time_limit is None else time_limit - trained
+    if state is None or remaining is None or remaining > 0:
+        run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
+                  checkpoint=checkpoint if path is not None else None, **loop)
+    return history
+
+
 def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int,
               history: list[dict], log_every: int = 50,
               checkpoint: Callable[[int], None] | None = None, checkpoint_every: int = 1000,
