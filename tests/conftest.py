@@ -29,3 +29,13 @@ def fused_cases():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def toy_images(n=256, seed=0):
+    """Binary 64x64 images of a square at a random position: one easy factor of variation."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 64, 64)
+    pos = torch.randint(4, 44, (n, 2), generator=g)
+    for k, (r, c) in enumerate(pos.tolist()):
+        images[k, 0, r:r + 16, c:c + 16] = 1.0
+    return images

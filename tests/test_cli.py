@@ -1,6 +1,8 @@
 """The msvae command at test size."""
 import json
 
+import pytest
+
 from msvae.cli import main
 
 
@@ -19,3 +21,44 @@ def test_stage1_run_folder_and_resume(tmp_path):
     main([*args[:4], "6", *args[5:]])  # same folder, more steps: resumes at step 4
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
     assert json.loads((out / "config.json").read_text())["steps"] == 6
+
+
+FIT = ["--stage1-steps", "3", "--stage2-steps", "3", "--batch-size", "8", "--eval-size", "100",
+       "--latent-dim", "3", "--w-dim", "2", "--quiet", "--checkpoint-every", "2"]
+
+
+def test_fit_eval_traverse_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["fit", "--out", str(out), "--preset", "quick", *FIT])
+    for name in ("config.json", "stage1.pt", "stage2.pt", "model.pt", "history.json", "metrics.json",
+                 "reconstructions.png", "traversals.png", "traversals_stage1.png", "samples.png"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage1_steps"] == 3 and config["stage2_minutes"] == 3.5  # flag, then preset
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == {"stage1": 3, "stage2": 3} and metrics["held_out_images"] == 100
+    for stage in ("stage1", "full"):
+        assert metrics[stage]["bce"] > 0 and metrics[stage]["mse"] > 0
+    assert len(metrics["w_kl_per_dim"]) == 2 and 0.0 <= metrics["mig"] <= 1.0
+    main(["fit", "--out", str(out), *FIT[:3], "5", *FIT[4:]])  # more stage-2 steps: resumes
+    assert json.loads((out / "metrics.json").read_text())["steps"] == {"stage1": 3, "stage2": 5}
+
+    main(["eval", str(out), "--eval-size", "40"])
+    assert json.loads((out / "metrics.json").read_text())["held_out_images"] == 40
+    capsys.readouterr()
+    main(["traverse", str(out), "--index", "1", "--steps", "4"])
+    assert capsys.readouterr().out.strip() == str(out / "traversal_1.png")
+    main(["sample", str(out), "-n", "5", "--png", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_fit_with_flow_stage2(tmp_path):
+    out = tmp_path / "flow"
+    main(["fit", "--out", str(out), "--stage2", "flow", *FIT[:-2], "--eval-size", "20"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["full"]["exact_inverse"] and metrics["bits_per_dim"] > 0
+
+
+def test_commands_refuse_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(SystemExit, match="is not a run folder"):
+        main(["eval", str(tmp_path)])

@@ -2,18 +2,9 @@
 import pytest
 import torch
 
+from conftest import toy_images
 from msvae.losses import BetaVAELoss
 from msvae.models import ConvDecoder, ConvEncoder, DisentangledVAE, MLPDecoder, MLPEncoder
-
-
-def toy_images(n=256, seed=0):
-    """Binary 64x64 images of a square at a random position: one easy factor of variation."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.zeros(n, 1, 64, 64)
-    pos = torch.randint(4, 44, (n, 2), generator=g)
-    for k, (r, c) in enumerate(pos.tolist()):
-        images[k, 0, r:r + 16, c:c + 16] = 1.0
-    return images
 
 
 def test_network_shapes():

@@ -32,14 +32,16 @@ class MultiStageModel(nn.Module):
 
     @classmethod
     def for_images(cls, latent_dim: int = 10, channels: int = 1, stage2: str = "vae",
-                   likelihood: str = "bernoulli", width: int = 32, hidden: int = 256,
+                   likelihood: str = "bernoulli", stage1_options: dict | None = None,
                    **stage2_options) -> "MultiStageModel":
-        """Conv stage 1 (``DisentangledVAE.for_images``) and a stage 2 of kind ``stage2`` with
-        ``stage2_options`` (``w_dim``, ``free_bits``, ``kl_warmup`` for ``"vae"``; ``levels``,
-        ``steps``, ``quantization``, ... for ``"flow"``)."""
-        first = DisentangledVAE.for_images(latent_dim, channels, width, hidden, likelihood)
+        """Conv stage 1 (``DisentangledVAE.for_images`` with ``stage1_options``: ``width``,
+        ``hidden``) and a stage 2 of kind ``stage2`` with ``stage2_options`` (``w_dim``,
+        ``free_bits``, ``kl_warmup``, ``width``, ``hidden`` for ``"vae"``, whose network sizes
+        default to stage 1's; ``levels``, ``steps``, ``quantization``, ... for ``"flow"``)."""
+        stage1_options = dict(stage1_options or {})
+        first = DisentangledVAE.for_images(latent_dim, channels, likelihood=likelihood, **stage1_options)
         if stage2 == "vae":
-            stage2_options = dict(width=width, hidden=hidden, likelihood=likelihood, **stage2_options)
+            stage2_options = {**stage1_options, "likelihood": likelihood, **stage2_options}
         return cls(first, build_stage2(dict(kind=stage2, channels=channels, **stage2_options)))
 
     @property

@@ -1,0 +1,185 @@
+"""Stage 2 and the multi-stage model at test size: losses, fit, resume, save/load, sample, traverse."""
+import pytest
+import torch
+
+from conftest import toy_images
+from msvae.evaluation import encode_images, reconstruction_summary, save_multistage_figures
+from msvae.models import FlowStage2, MultiStageModel, RefinementDecoder, VAEStage2, build_stage2
+from msvae.models.training import save_checkpoint
+
+SMALL = {"width": 8, "hidden": 32}
+
+
+def small_model(stage2="vae", **options):
+    if stage2 == "vae":
+        options = {"w_dim": 4, "kl_warmup": 0, **options}
+    else:
+        options = {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2,
+                   **options}
+    return MultiStageModel.for_images(3, stage2=stage2, stage1_options=SMALL, **options)
+
+
+def stage1_pair(model, x):
+    with torch.no_grad():
+        x1 = model.stage1.decoder(model.stage1.encoder(x)[0])
+    return x1, torch.sigmoid(x1)
+
+
+def test_untrained_refinement_decoder_returns_stage1_output():
+    decoder = RefinementDecoder(w_dim=5, width=8, hidden=16)
+    x1 = torch.randn(3, 1, 64, 64)
+    torch.testing.assert_close(decoder(x1, torch.sigmoid(x1), torch.randn(3, 5)), x1)
+    with pytest.raises(ValueError, match=r"w must have shape \[3, 5\]"):
+        decoder(x1, torch.sigmoid(x1), torch.randn(3, 4))
+
+
+def test_vae_stage2_loss_free_bits_and_warmup():
+    model = small_model(free_bits=10.0)
+    stage2 = build_stage2({**model.stage2.config, "kl_warmup": 4})
+    x = toy_images(6)
+    x1, x1_mean = stage1_pair(model, x)
+    torch.manual_seed(0)
+    total0, terms0 = stage2.training_loss(x, x1, x1_mean, step=0)
+    torch.testing.assert_close(total0, terms0["recon"])  # KL weight 0 at the first step
+    torch.manual_seed(0)
+    total, terms = stage2.training_loss(x, x1, x1_mean, step=4)
+    # Every dimension's KL is far below 10 nats of free bits: the penalty is the constant 4 * 10.
+    assert float(terms["kl"].detach()) < 4 * 10.0
+    torch.testing.assert_close(total, terms["recon"] + 40.0)
+
+
+def test_stage2_rejects_bad_settings():
+    with pytest.raises(ValueError, match="stage 2 kind must be one of"):
+        build_stage2({"kind": "gan"})
+    with pytest.raises(ValueError, match="w_dim must be >= 1"):
+        VAEStage2(w_dim=0)
+    with pytest.raises(ValueError, match="free_bits and kl_warmup must be >= 0"):
+        VAEStage2(free_bits=-1.0)
+    with pytest.raises(ValueError, match="levels must be an int >= 2"):
+        FlowStage2(quantization=1, levels=1, steps=1, hidden=4, context_hidden=4)
+
+
+def test_fit_trains_both_stages_and_stage2_improves_on_stage1():
+    data = toy_images(128)
+    torch.manual_seed(0)
+    model = small_model(w_dim=6)
+    history = model.fit(data, stage1_steps=40, stage2_steps=60, batch_size=32, stage1_lr=2e-3,
+                        stage2_lr=2e-3, log_every=20, progress=False)
+    assert [h["step"] for h in history["stage1"]] == [20, 40]
+    assert [h["step"] for h in history["stage2"]] == [20, 40, 60]
+    assert history["stage2"][-1]["recon"] < history["stage2"][0]["recon"]
+    encoded = encode_images(model, lambda i: data[torch.as_tensor(i)], torch.arange(64).numpy())
+    summary = reconstruction_summary(encoded)
+    assert summary["full"]["bce"] < summary["stage1"]["bce"]
+    assert len(summary["w_kl_per_dim"]) == 6 and summary["w_kl"] > 0
+
+
+def test_stage1_is_frozen_during_stage2():
+    model = small_model()
+    data = toy_images(32)
+    model.stage1.fit(data, steps=2, batch_size=8, progress=False)
+    before = {k: v.clone() for k, v in model.stage1.state_dict().items()}
+    model.stage2.fit(model.stage1, data, steps=3, batch_size=8, progress=False)
+    for name, value in model.stage1.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=name)
+
+
+def test_encode_decode_reconstruct_sample_traverse_shapes():
+    model = small_model().eval()
+    x = toy_images(5)
+    z, w = model.encode(x)
+    assert z.shape == (5, 3) and w.shape == (5, 4)
+    torch.testing.assert_close(model.reconstruct(x), model.decode(z, w))
+    torch.testing.assert_close(model.reconstruct(x, "stage1"), model.stage1.reconstruct(x))
+    with pytest.raises(ValueError, match="stage must be one of"):
+        model.reconstruct(x, "stage2")
+    assert model.sample(7).shape == (7, 1, 64, 64)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        model.sample(0)
+    values = [-1.0, 0.0, 2.0]
+    images = model.traverse(1, values, x=x[0])
+    assert images.shape == (3, 1, 64, 64)
+    codes = z[0].repeat(3, 1)
+    codes[:, 1] = torch.tensor(values)
+    torch.testing.assert_close(images, model.decode(codes, w[:1].expand(3, -1)))
+    with pytest.raises(ValueError, match=r"k must be in \[0, 3\)"):
+        model.traverse(3, values)
+    with pytest.raises(ValueError, match="z and w must have shapes"):
+        model.traverse(0, values, w=torch.zeros(5))
+
+
+def test_save_load_round_trip_and_no_pickled_code(tmp_path):
+    model = small_model()
+    model.fit(toy_images(32), stage1_steps=2, stage2_steps=2, batch_size=8, progress=False)
+    model.save(tmp_path / "model.pt")
+    loaded = MultiStageModel.load(tmp_path / "model.pt")
+    x = toy_images(4, seed=1)
+    torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x))
+    assert loaded.config == model.config and loaded.history == model.history
+    save_checkpoint(tmp_path / "evil.pt", {"config": torch.nn.ReLU()})
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        MultiStageModel.load(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError):
+        MultiStageModel.load(tmp_path / "missing.pt")
+
+
+def test_interrupted_fit_resumes_exactly(tmp_path):
+    data = toy_images(64)
+    kwargs = dict(stage1_steps=6, stage2_steps=6, batch_size=16, log_every=2, progress=False,
+                  checkpoint_every=2)
+    torch.manual_seed(3)
+    straight = small_model()
+    initial = {k: v.clone() for k, v in straight.state_dict().items()}
+    straight.fit(data, **kwargs)
+    interrupted = small_model()
+    interrupted.load_state_dict(initial)
+    interrupted.fit(data, checkpoint_dir=tmp_path, **{**kwargs, "stage2_steps": 2})
+    resumed = small_model()
+    resumed.fit(data, checkpoint_dir=tmp_path, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert [h["step"] for h in resumed.history["stage2"]] == [2, 4, 6]
+
+
+def test_time_limit_counts_earlier_runs(tmp_path):
+    data = toy_images(16)
+    model = small_model()
+    model.stage1.fit(data, steps=1000, batch_size=4, time_limit=0.0, progress=False,
+                     checkpoint_dir=tmp_path)
+    assert model.stage1.history[-1]["step"] == 1
+    again = small_model()  # the budget is spent: a rerun loads the checkpoint and trains no more
+    again.stage1.fit(data, steps=1000, batch_size=4, time_limit=0.0, progress=False,
+                     checkpoint_dir=tmp_path)
+    assert again.stage1.history[-1]["step"] == 1
+    torch.testing.assert_close(again.stage1.state_dict(), model.stage1.state_dict())
+
+
+def test_flow_stage2_is_exact_and_gives_likelihoods(tmp_path):
+    torch.manual_seed(0)
+    model = small_model("flow")
+    data = toy_images(32)
+    history = model.fit(data, stage1_steps=2, stage2_steps=6, batch_size=8, stage2_lr=1e-3,
+                        log_every=3, progress=False)
+    assert history["stage2"][-1]["bits_per_dim"] < history["stage2"][0]["bits_per_dim"]
+    x = data[:4]
+    z, w = model.encode(x)
+    assert w.shape == (4, 64 * 64)
+    torch.testing.assert_close(model.reconstruct(x), x)  # a flow is lossless
+    samples = model.sample(3)
+    assert set(samples.unique().tolist()) <= {0.0, 1.0}
+    x1, x1_mean = stage1_pair(model, x)
+    log_p = model.stage2.log_prob(x, x1_mean)
+    assert log_p.shape == (4,) and bool(torch.isfinite(log_p).all()) and bool((log_p <= 0).all())
+    model.save(tmp_path / "flow.pt")
+    torch.testing.assert_close(MultiStageModel.load(tmp_path / "flow.pt").encode(x)[1], w)
+    summary = reconstruction_summary(encode_images(model, lambda i: data[torch.as_tensor(i)],
+                                                   torch.arange(8).numpy()))
+    assert summary["full"]["exact_inverse"] and summary["bits_per_dim"] > 0
+
+
+def test_figures_are_written(tmp_path):
+    model = small_model()
+    paths = save_multistage_figures(model, toy_images(4), tmp_path, steps=5, num_samples=9)
+    assert [p.name for p in paths] == ["reconstructions.png", "traversals.png",
+                                       "traversals_stage1.png", "samples.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
