@@ -1,0 +1,285 @@
+"""A reversible transformer between mixed-type tables (pandas DataFrames) and float matrices.
+
+Column kinds (declared, or inferred: numbers are continuous, integral numbers integer, strings,
+booleans and categoricals categorical):
+
+- ``continuous``: mode-specific normalisation (``continuous="mode"``, as in CTGAN): a variational
+  Gaussian mixture per column; a value becomes the one-hot of a mode drawn from its posterior and
+  its offset from that mode's mean in units of 4 standard deviations, in [-1, 1]. Or quantile
+  scaling (``continuous="quantile"``): one value, the standard-normal quantile of its rank.
+- ``integer``: as continuous, rounded on the way back.
+- ``categorical``: one-hot over the categories seen when fitting.
+
+On the way back continuous and integer values are clipped to the column's observed range, so a
+column that is never negative stays so. Missing values: a categorical column's missing values
+are one more category; a numeric column with missing values gets a 0/1 missingness indicator
+(its values filled with the median), and values come back missing where the indicator is > 0.5.
+
+The matrix layout is ``spans``: ``Span(column, kind, start, size)`` with kind ``"scalar"``
+(a real value), ``"softmax"`` (a one-hot block) or ``"binary"`` (a 0/1 indicator), which a model
+uses to pick its likelihood per block.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+KINDS = ("continuous", "integer", "categorical")
+CONTINUOUS_METHODS = ("mode", "quantile")
+
+
+class Span(NamedTuple):
+    column: str
+    kind: str  # "scalar" | "softmax" | "binary"
+    start: int
+    size: int
+
+
+@dataclass
+class _Column:
+    name: str
+    kind: str
+    dtype: object
+    missing: bool
+    low: float = 0.0
+    high: float = 0.0
+    fill: float = 0.0
+    categories: list = field(default_factory=list)
+    weights: np.ndarray | None = None  # mode-specific normalisation: the kept mixture components
+    means: np.ndarray | None = None
+    stds: np.ndarray | None = None
+    quantiles: np.ndarray | None = None  # quantile scaling: values at evenly spaced ranks
+
+
+def _interp_ranks(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Ranks in [0, 1] of ``values`` by the quantile table (ties in the table get their middle rank)."""
+    grid = np.linspace(0, 1, len(quantiles))
+    low = np.interp(values, quantiles, grid, left=0.0, right=1.0)
+    high = -np.interp(-values, -quantiles[::-1], -grid[::-1], left=-1.0, right=-0.0)
+    return 0.5 * (low + high)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError as error:  # pragma: no cover - pandas is in the [tabular] extra
+        raise ImportError("msvae.data.tabular needs pandas: pip install 'msvae[tabular]'") from error
+    return pandas
+
+
+def infer_kind(series) -> str:
+    """The column kind of a pandas Series; ValueError for one it cannot handle."""
+    pd = _pandas()
+    dtype = series.dtype
+    if (pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
+            or pd.api.types.is_string_dtype(dtype)):
+        values = series.dropna()
+        if pd.api.types.is_object_dtype(dtype) and not values.map(
+                lambda v: isinstance(v, (str, bool, np.bool_))).all():
+            bad = values[~values.map(lambda v: isinstance(v, (str, bool, np.bool_)))].iloc[0]
+            raise ValueError(f"column {series.name!r} mixes strings with {type(bad).__name__} values "
+                             f"(e.g. {bad!r}); declare its type or clean it")
+        return "categorical"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        values = series.dropna().to_numpy(dtype=np.float64)
+        return "integer" if len(values) and np.all(values == np.round(values)) else "continuous"
+    raise ValueError(f"column {series.name!r} has dtype {dtype}, which msvae cannot model "
+                     f"(numbers, strings, booleans and categoricals are supported)")
+
+
+class TabularTransformer:
+    """``fit(df)`` then ``transform(df) -> [N, F]`` float32 and ``inverse_transform([N, F]) -> df``.
+
+    Args:
+        continuous: ``"mode"`` (variational Gaussian mixture per column) or ``"quantile"``.
+        max_modes: mixture components per column before pruning (modes of weight < 0.005 go).
+        seed: seeds the mixtures and the mode draws of ``transform``.
+    """
+
+    def __init__(self, continuous: str = "mode", max_modes: int = 10, seed: int = 0):
+        if continuous not in CONTINUOUS_METHODS:
+            raise ValueError(f"continuous must be one of {CONTINUOUS_METHODS}, got {continuous!r}")
+        if max_modes < 1:
+            raise ValueError(f"max_modes must be >= 1, got {max_modes}")
+        self.continuous, self.max_modes, self.seed = continuous, max_modes, seed
+        self.columns: list[_Column] = []
+        self.spans: list[Span] = []
+
+    @property
+    def num_features(self) -> int:
+        return sum(span.size for span in self.spans)
+
+    def fit(self, df, discrete_columns: Iterable[str] = (),
+            column_types: dict[str, str] | None = None) -> "TabularTransformer":
+        """Learns every column's encoding. ``discrete_columns`` are categorical; ``column_types``
+        maps columns to a kind of ``KINDS``; other columns' kinds are inferred."""
+        pd = _pandas()
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+        if df.shape[0] == 0 or df.shape[1] == 0:
+            raise ValueError(f"df is empty (shape {df.shape})")
+        if len(set(df.columns)) != df.shape[1]:
+            raise ValueError("df has duplicate column names")
+        types = {name: "categorical" for name in discrete_columns}
+        types.update(column_types or {})
+        unknown = sorted(set(types) - set(df.columns), key=str)
+        if unknown:
+            raise ValueError(f"columns {unknown} are not in df")
+        bad = {k: v for k, v in types.items() if v not in KINDS}
+        if bad:
+            raise ValueError(f"column types must be one of {KINDS}, got {bad}")
+        rng = np.random.default_rng(self.seed)
+        self.columns, self.spans, start = [], [], 0
+        for name in df.columns:
+            series = df[name]
+            if series.isna().all():
+                raise ValueError(f"column {name!r} has no values (all missing)")
+            kind = types.get(name) or infer_kind(series)
+            column = self._fit_column(series, kind, rng)
+            self.columns.append(column)
+            for span_kind, size in self._layout(column):
+                self.spans.append(Span(str(name), span_kind, start, size))
+                start += size
+        return self
+
+    def _fit_column(self, series, kind: str, rng: np.random.Generator) -> _Column:
+        missing = bool(series.isna().any())
+        column = _Column(series.name, kind, series.dtype, missing)
+        if kind == "categorical":
+            values = series.dropna().unique().tolist()
+            try:
+                values = sorted(values)
+            except TypeError:
+                values = sorted(values, key=str)
+            column.categories = values + ([None] if missing else [])
+            return column
+        try:
+            values = series.dropna().to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"column {series.name!r} was declared {kind} but holds non-numbers") from error
+        column.low, column.high, column.fill = values.min(), values.max(), float(np.median(values))
+        if self.continuous == "quantile":
+            column.quantiles = np.quantile(values, np.linspace(0, 1, min(1000, len(values))))
+            return column
+        from sklearn.mixture import BayesianGaussianMixture
+
+        mixture = BayesianGaussianMixture(
+            n_components=min(self.max_modes, len(np.unique(values))),
+            weight_concentration_prior_type="dirichlet_process", weight_concentration_prior=1e-3,
+            max_iter=100, n_init=1, random_state=int(rng.integers(2**31)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings on spiky columns
+            mixture.fit(values[:, None])
+        keep = mixture.weights_ > 5e-3
+        if not keep.any():
+            keep = mixture.weights_ == mixture.weights_.max()
+        column.weights = mixture.weights_[keep] / mixture.weights_[keep].sum()
+        column.means = mixture.means_[keep, 0]
+        column.stds = np.sqrt(mixture.covariances_[keep].reshape(-1)).clip(min=1e-6)
+        return column
+
+    def _layout(self, column: _Column) -> list[tuple[str, int]]:
+        if column.kind == "categorical":
+            return [("softmax", len(column.categories))]
+        layout = [("scalar", 1)]
+        if self.continuous == "mode":
+            layout.append(("softmax", len(column.means)))
+        return layout + ([("binary", 1)] if column.missing else [])
+
+    def _check_fitted(self) -> None:
+        if not self.columns:
+            raise ValueError("the transformer is not fitted: call fit(df) first")
+
+    def transform(self, df, seed: int | None = None) -> np.ndarray:
+        """``df`` (the fitted columns) -> ``[N, num_features]`` float32. Modes are drawn from
+        their posterior with ``seed`` (default: the transformer's)."""
+        self._check_fitted()
+        pd = _pandas()
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+        missing = [c.name for c in self.columns if c.name not in df.columns]
+        if missing:
+            raise ValueError(f"df lacks the fitted columns {missing}")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        blocks = [self._transform_column(c, df[c.name], rng) for c in self.columns]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def _transform_column(self, column: _Column, series, rng: np.random.Generator) -> np.ndarray:
+        n = len(series)
+        isna = series.isna().to_numpy()
+        if column.kind == "categorical":
+            lookup = {value: i for i, value in enumerate(column.categories) if value is not None}
+            codes = np.array([len(column.categories) - 1 if na else lookup.get(v, -1)
+                              for v, na in zip(series.tolist(), isna)])
+            if (codes < 0).any():
+                unseen = series[codes < 0].iloc[0]
+                raise ValueError(f"column {column.name!r} has the category {unseen!r}, unseen when fitting")
+            return np.eye(len(column.categories), dtype=np.float32)[codes]
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.where(isna, column.fill, values)
+        if column.quantiles is not None:
+            ranks = _interp_ranks(values, column.quantiles)
+            blocks = [ndtri(ranks.clip(1e-7, 1 - 1e-7))[:, None]]
+        else:
+            log_density = (np.log(column.weights) - np.log(column.stds)
+                           - 0.5 * ((values[:, None] - column.means) / column.stds) ** 2)
+            posterior = np.exp(log_density - log_density.max(1, keepdims=True))
+            posterior /= posterior.sum(1, keepdims=True)
+            modes = (posterior.cumsum(1) > rng.random((n, 1))).argmax(1)
+            offset = (values - column.means[modes]) / (4 * column.stds[modes])
+            blocks = [offset.clip(-0.99, 0.99)[:, None], np.eye(len(column.means))[modes]]
+        if column.missing:
+            blocks.append(isna[:, None].astype(np.float64))
+        return np.concatenate(blocks, axis=1)
+
+    def inverse_transform(self, data):
+        """``[N, num_features]`` (array or tensor) -> a DataFrame with the fitted columns and dtypes.
+        One-hot blocks are read by their largest entry (scores need not be normalised)."""
+        self._check_fitted()
+        pd = _pandas()
+        data = np.asarray(data.detach().cpu() if hasattr(data, "detach") else data, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != self.num_features:
+            raise ValueError(f"data must have shape [N, {self.num_features}], got {data.shape}")
+        out, start = {}, 0
+        for column in self.columns:
+            width = sum(size for _, size in self._layout(column))
+            out[column.name] = self._inverse_column(column, data[:, start:start + width])
+            start += width
+        return pd.DataFrame(out)
+
+    def _inverse_column(self, column: _Column, block: np.ndarray):
+        pd = _pandas()
+        if column.kind == "categorical":
+            values = [column.categories[i] for i in block.argmax(1)]
+            series = pd.Series(values, dtype=object)
+            if column.missing:
+                series = series.where(series.notna(), None)
+            return self._restore_dtype(series, column)
+        if column.quantiles is not None:
+            ranks = ndtr(block[:, 0])
+            values = np.interp(ranks, np.linspace(0, 1, len(column.quantiles)), column.quantiles)
+        else:
+            modes = block[:, 1:1 + len(column.means)].argmax(1)
+            values = block[:, 0].clip(-1, 1) * 4 * column.stds[modes] + column.means[modes]
+        values = values.clip(column.low, column.high)
+        if column.kind == "integer":
+            values = np.round(values)
+        series = pd.Series(values)
+        if column.missing:
+            series[block[:, -1] > 0.5] = np.nan
+        return self._restore_dtype(series, column)
+
+    @staticmethod
+    def _restore_dtype(series, column: _Column):
+        try:
+            if column.kind == "categorical" and column.missing:
+                return series.astype(column.dtype) if str(column.dtype) == "category" else series
+            return series.astype(column.dtype)
+        except (TypeError, ValueError):
+            return series
