@@ -192,6 +192,42 @@ class TabularTransformer:
             layout.append(("softmax", len(column.means)))
         return layout + ([("binary", 1)] if column.missing else [])
 
+    def state_dict(self) -> dict:
+        """The fitted transformer as plain containers (lists, strings, numbers), for saving with
+        ``torch.save`` and loading with ``weights_only=True``."""
+        self._check_fitted()
+        columns = []
+        for c in self.columns:
+            state = {"name": c.name, "kind": c.kind, "dtype": str(c.dtype), "missing": c.missing,
+                     "low": float(c.low), "high": float(c.high), "fill": float(c.fill),
+                     "categories": [v.item() if isinstance(v, np.generic) else v for v in c.categories]}
+            for key in ("weights", "means", "stds", "quantiles"):
+                value = getattr(c, key)
+                state[key] = None if value is None else value.tolist()
+            columns.append(state)
+        return {"continuous": self.continuous, "max_modes": self.max_modes, "seed": self.seed,
+                "columns": columns}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TabularTransformer":
+        """The transformer saved by ``state_dict``."""
+        transformer = cls(state["continuous"], state["max_modes"], state["seed"])
+        start = 0
+        for saved in state["columns"]:
+            saved = dict(saved)
+            dtype = saved.pop("dtype")
+            arrays = {k: None if saved[k] is None else np.asarray(saved.pop(k))
+                      for k in ("weights", "means", "stds", "quantiles")}
+            column = _Column(dtype=dtype if dtype == "category" else np.dtype(dtype),
+                             **{k: v for k, v in saved.items() if k in ("name", "kind", "missing", "low",
+                                                                         "high", "fill", "categories")},
+                             **arrays)
+            transformer.columns.append(column)
+            for span_kind, size in transformer._layout(column):
+                transformer.spans.append(Span(str(column.name), span_kind, start, size))
+                start += size
+        return transformer
+
     def _check_fitted(self) -> None:
         if not self.columns:
             raise ValueError("the transformer is not fitted: call fit(df) first")

@@ -1,9 +1,13 @@
-"""Networks and models: encoders/decoders, stage 1, stage 2, the multi-stage model, training utilities."""
+"""Networks and models: encoders/decoders, stage 1, stage 2, the multi-stage model, the tabular
+synthesizer, training utilities."""
 from msvae.models.multistage import MultiStageModel
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import FlowStage2, RefinementDecoder, SecondStage, VAEStage2, build_stage2
+from msvae.models.tabular import (MixedLikelihood, TabularFlowStage2, TabularMixtureStage2,
+                                  TabularSynthesizer)
 
 __all__ = ["ConvDecoder", "ConvEncoder", "DisentangledVAE", "FlowStage2", "MLPDecoder", "MLPEncoder",
-           "MultiStageModel", "RefinementDecoder", "SecondStage", "VAEStage2", "build_stage2",
-           "reparameterize"]
+           "MixedLikelihood", "MultiStageModel", "RefinementDecoder", "SecondStage",
+           "TabularFlowStage2", "TabularMixtureStage2", "TabularSynthesizer", "VAEStage2",
+           "build_stage2", "reparameterize"]

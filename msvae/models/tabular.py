@@ -1,0 +1,314 @@
+"""Synthetic tables with the multi-stage model.
+
+Rows become vectors through ``TabularTransformer``; stage 1 is an MLP beta-TCVAE on them with a
+mixed likelihood (``MixedLikelihood``); stage 2 models the rows given the stage-1 output: a
+conditional rational-quadratic spline flow (``TabularFlowStage2``) or a conditional mixture of
+Gaussians (``TabularMixtureStage2``). One-hot and 0/1 entries are dequantised for stage 2 by
+uniform noise in [0, 1) (so a block's largest entry is still its category).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msvae.flows import ConditionalFlow
+from msvae.losses import BetaTCVAELoss
+from msvae.models.stage1 import DisentangledVAE
+from msvae.models.stage2 import SecondStage
+from msvae.models.training import load_checkpoint, save_checkpoint
+
+MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
+
+
+def _blocks(spans) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Indices of the scalar and binary features, and (start, size) of the one-hot blocks."""
+    scalar = [s.start for s in spans if s.kind == "scalar"]
+    binary = [s.start for s in spans if s.kind == "binary"]
+    softmax = [(s.start, s.size) for s in spans if s.kind == "softmax"]
+    return scalar, binary, softmax
+
+
+class MixedLikelihood(nn.Module):
+    """``p(x | output)`` for transformed rows ``[B, F]``: a Gaussian with a learned scale (in
+    [0.01, 1]) per scalar feature, a Bernoulli per 0/1 feature (logits), a categorical per one-hot
+    block (logits). Called as ``nll(x, output) -> [B]``."""
+
+    def __init__(self, spans):
+        super().__init__()
+        scalar, binary, softmax = _blocks(spans)
+        self.softmax_blocks = softmax
+        self.register_buffer("scalar", torch.tensor(scalar, dtype=torch.long))
+        self.register_buffer("binary", torch.tensor(binary, dtype=torch.long))
+        self.log_scale = nn.Parameter(torch.full((len(scalar),), math.log(0.1)))
+
+    def scale(self) -> Tensor:
+        return self.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE).exp()
+
+    def forward(self, x: Tensor, output: Tensor) -> Tensor:
+        nll = x.new_zeros(x.shape[0])
+        if len(self.scalar):
+            log_scale = self.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
+            error = (x[:, self.scalar] - output[:, self.scalar]) / log_scale.exp()
+            nll = nll + (0.5 * error.square() + log_scale + 0.5 * math.log(2 * math.pi)).sum(1)
+        if len(self.binary):
+            nll = nll + F.binary_cross_entropy_with_logits(
+                output[:, self.binary], x[:, self.binary], reduction="none").sum(1)
+        for start, size in self.softmax_blocks:
+            logits = output[:, start:start + size]
+            nll = nll - (x[:, start:start + size] * logits.log_softmax(1)).sum(1)
+        return nll
+
+    @torch.no_grad()
+    def sample(self, output: Tensor) -> Tensor:
+        """A draw ``[B, F]`` of ``p(x | output)``: one-hot blocks, 0/1 entries, noisy scalars."""
+        x = torch.zeros_like(output)
+        if len(self.scalar):
+            noise = torch.randn(output.shape[0], len(self.scalar), device=output.device)
+            x[:, self.scalar] = output[:, self.scalar] + self.scale() * noise
+        if len(self.binary):
+            u = torch.rand(output.shape[0], len(self.binary), device=output.device)
+            x[:, self.binary] = (u < torch.sigmoid(output[:, self.binary])).to(x.dtype)
+        for start, size in self.softmax_blocks:
+            probs = output[:, start:start + size].softmax(1)
+            picks = torch.multinomial(probs, 1)[:, 0]
+            x[:, start:start + size] = F.one_hot(picks, size).to(x.dtype)
+        return x
+
+
+class _TabularStage2(SecondStage):
+    """Shared by the tabular stage 2s: dequantisation of the discrete entries (``discrete`` marks
+    them), the conditioning on stage 1's raw output ``x1`` (``x1_mean`` is the same for tables)."""
+
+    def __init__(self, discrete: list[bool]):
+        super().__init__()
+        self.register_buffer("discrete", torch.tensor(discrete, dtype=torch.bool))
+        self.features = len(discrete)
+        self.history: list[dict] = []
+
+    def dequantize(self, x: Tensor, midpoint: bool = False) -> Tensor:
+        noise = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
+        return torch.where(self.discrete, x + noise, x)
+
+    def quantize(self, y: Tensor) -> Tensor:
+        return torch.where(self.discrete, y.clamp(0, 1.999).floor(), y)
+
+
+class TabularFlowStage2(_TabularStage2):
+    """``p(x | x1)``: a conditional RQ-spline flow on the dequantised row; ``w`` is its base variable."""
+
+    max_grad_norm = 100.0
+
+    def __init__(self, discrete: list[bool], layers: int = 4, hidden: int = 128, bins: int = 8,
+                 tail_bound: float = 4.0):
+        super().__init__(discrete)
+        self.config = dict(kind="flow", discrete=list(discrete), layers=layers, hidden=hidden,
+                           bins=bins, tail_bound=tail_bound)
+        self.flow = ConditionalFlow.spline(self.features, self.features, layers, hidden, bins, tail_bound)
+        self.w_dim = self.features
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """Negative log-density of the dequantised row, nats per row."""
+        total = -self.flow.log_prob(self.dequantize(x), x1).mean()
+        return total, {"loss": total}
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        return self.flow.transform(self.dequantize(x, midpoint=True), x1)[0]
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        return self.quantize(self.flow.transform.inverse(w, x1)[0])
+
+
+class TabularMixtureStage2(_TabularStage2):
+    """``p(x | x1) = sum_k pi_k(x1) N(mu_k(x1), diag sigma_k(x1)^2)`` on the dequantised row (a
+    mixture density network); ``w`` is the standardised draw ``(x - mu_k) / sigma_k`` and the
+    component is the most responsible one."""
+
+    def __init__(self, discrete: list[bool], components: int = 10, hidden: int = 256):
+        super().__init__(discrete)
+        self.config = dict(kind="mog", discrete=list(discrete), components=components, hidden=hidden)
+        self.components, self.w_dim = components, self.features
+        self.net = nn.Sequential(nn.Linear(self.features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, components * (1 + 2 * self.features)))
+
+    def _mixture(self, x1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        K, C = self.components, self.features
+        out = self.net(x1)
+        logits, mu, log_scale = out[:, :K], out[:, K:K + K * C], out[:, K + K * C:]
+        return (logits.log_softmax(1), mu.view(-1, K, C),
+                log_scale.view(-1, K, C).clamp(MIN_LOG_SCALE - 2, 2.0))
+
+    def log_prob(self, y: Tensor, x1: Tensor) -> Tensor:
+        log_pi, mu, log_scale = self._mixture(x1)
+        z = (y[:, None, :] - mu) / log_scale.exp()
+        log_normal = (-0.5 * z.square() - log_scale - 0.5 * math.log(2 * math.pi)).sum(2)
+        return torch.logsumexp(log_pi + log_normal, 1)
+
+    def training_loss(self, x, x1, x1_mean, step):
+        total = -self.log_prob(self.dequantize(x), x1).mean()
+        return total, {"loss": total}
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        y = self.dequantize(x, midpoint=True)
+        log_pi, mu, log_scale = self._mixture(x1)
+        z = (y[:, None, :] - mu) / log_scale.exp()
+        k = (log_pi + (-0.5 * z.square() - log_scale).sum(2)).argmax(1)
+        return z[torch.arange(len(k)), k]
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        """Rows from base draws ``w``; the component is drawn from ``pi(x1)``."""
+        log_pi, mu, log_scale = self._mixture(x1)
+        k = torch.multinomial(log_pi.exp(), 1)[:, 0]
+        rows = torch.arange(len(k))
+        return self.quantize(mu[rows, k] + log_scale[rows, k].exp() * w)
+
+
+TABULAR_STAGE2 = {"flow": TabularFlowStage2, "mog": TabularMixtureStage2}
+
+
+class TabularSynthesizer:
+    """Synthetic tables from the multi-stage model: ``fit(df)``, ``sample(n)``, ``save``/``load``.
+
+    Args:
+        latent_dim: size of the disentangled code ``z``.
+        stage2: ``"flow"`` (conditional spline flow), ``"mog"`` (conditional mixture of
+            Gaussians) or None (stage 1 alone).
+        hidden: widths of stage 1's MLPs.
+        alpha, beta, gamma: beta-TCVAE weights (index-code MI, total correlation, dimension-wise KL).
+        epochs, stage2_epochs, batch_size, lr: training length (passes over the rows) and Adam settings.
+        continuous: ``"mode"`` or ``"quantile"`` (see ``TabularTransformer``).
+        stage2_options: passed to the stage 2 (``layers``, ``hidden``, ``bins``; ``components``).
+        seed: seeds the transformer, the initialisation, training and (by default) sampling.
+    """
+
+    def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
+                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 4.0,
+                 gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
+                 batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
+                 stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
+                 progress: bool = True):
+        if stage2 is not None and stage2 not in TABULAR_STAGE2:
+            raise ValueError(f"stage2 must be one of {tuple(TABULAR_STAGE2)} or None, got {stage2!r}")
+        self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
+                            beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
+                            batch_size=batch_size, lr=lr, continuous=continuous,
+                            stage2_options=dict(stage2_options or {}), seed=seed)
+        self.device, self.progress = device, progress
+        self.transformer = None
+        self.stage1: DisentangledVAE | None = None
+        self.likelihood: MixedLikelihood | None = None
+        self.stage2: SecondStage | None = None
+
+    def _build(self, transformer) -> None:
+        o = self.options
+        self.transformer = transformer
+        features = transformer.num_features
+        torch.manual_seed(o["seed"])
+        self.stage1 = DisentangledVAE.for_vectors(features, o["latent_dim"], tuple(o["hidden"]),
+                                                  likelihood="gaussian").to(self.device)
+        self.likelihood = MixedLikelihood(transformer.spans).to(self.device)
+        discrete = [False] * features
+        for span in transformer.spans:
+            if span.kind != "scalar":
+                discrete[span.start:span.start + span.size] = [True] * span.size
+        self.stage2 = (None if o["stage2"] is None else
+                       TABULAR_STAGE2[o["stage2"]](discrete, **o["stage2_options"]).to(self.device))
+
+    def fit(self, df, discrete_columns: Iterable[str] = (),
+            column_types: dict[str, str] | None = None) -> "TabularSynthesizer":
+        """Fits the transformer, stage 1, then stage 2 (stage 1 frozen) on the rows of ``df``."""
+        from msvae.data.tabular import TabularTransformer
+
+        o = self.options
+        transformer = TabularTransformer(o["continuous"], seed=o["seed"]).fit(df, discrete_columns,
+                                                                            column_types)
+        self._build(transformer)
+        data = torch.as_tensor(transformer.transform(df))
+        steps_per_epoch = max(1, math.ceil(len(data) / o["batch_size"]))
+        loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=o["beta"],
+                             gamma=o["gamma"], recon=self.likelihood)
+        self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch,
+                        batch_size=o["batch_size"], lr=o["lr"], progress=self.progress,
+                        seed=o["seed"], log_every=steps_per_epoch)
+        if self.stage2 is not None:
+            self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch,
+                            batch_size=o["batch_size"], lr=o["lr"], progress=self.progress,
+                            seed=o["seed"], log_every=steps_per_epoch)
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.stage1 is None:
+            raise ValueError("the synthesizer is not fitted: call fit(df) first")
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None, fixed: dict[int, float] | None = None,
+               stage: str = "full"):
+        """``n`` synthetic rows as a DataFrame. ``fixed`` holds chosen factors of ``z`` at values
+        (``{k: value}``), the rest drawn from the prior; ``stage="stage1"`` samples stage 1 alone.
+        ``seed`` (default: the synthesizer's) makes the draw reproducible."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if stage not in ("full", "stage1"):
+            raise ValueError(f"stage must be 'full' or 'stage1', got {stage!r}")
+        D = self.options["latent_dim"]
+        bad = [k for k in (fixed or {}) if not 0 <= k < D]
+        if bad:
+            raise ValueError(f"fixed factors must be in [0, {D}), got {bad}")
+        with torch.random.fork_rng(devices=[]):  # seeded draws that leave the global RNG as it was
+            torch.manual_seed(self.options["seed"] if seed is None else seed)
+            z = torch.randn(n, D, device=self.device)
+            for k, value in (fixed or {}).items():
+                z[:, k] = value
+            self.stage1.eval()
+            x1 = self.stage1.decoder(z)
+            if stage == "stage1" or self.stage2 is None:
+                rows = self.likelihood.sample(x1)
+            else:
+                self.stage2.eval()
+                rows = self.stage2.generate(x1, x1, self.stage2.sample_w(n))
+        return self.transformer.inverse_transform(rows.cpu().numpy())
+
+    @torch.no_grad()
+    def encode(self, df) -> Tensor:
+        """Posterior means of ``z`` ``[N, latent_dim]`` of the rows of ``df``."""
+        self._check_fitted()
+        data = torch.as_tensor(self.transformer.transform(df), device=self.device)
+        return self.stage1.encode(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Options, transformer and weights in one file (loaded without unpickling code)."""
+        self._check_fitted()
+        save_checkpoint(path, {
+            "options": self.options, "transformer": self.transformer.state_dict(),
+            "stage1": self.stage1.state_dict(), "likelihood": self.likelihood.state_dict(),
+            "stage2": None if self.stage2 is None else self.stage2.state_dict(),
+            "history": {"stage1": self.stage1.history,
+                        "stage2": [] if self.stage2 is None else self.stage2.history}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "TabularSynthesizer":
+        from msvae.data.tabular import TabularTransformer
+
+        state = load_checkpoint(path)
+        if state is None:
+            raise FileNotFoundError(f"no synthesizer file at {path}")
+        synthesizer = cls(**state["options"], device=device, progress=False)
+        synthesizer._build(TabularTransformer.from_state(state["transformer"]))
+        synthesizer.stage1.load_state_dict(state["stage1"])
+        synthesizer.likelihood.load_state_dict(state["likelihood"])
+        synthesizer.stage1.history = state["history"]["stage1"]
+        if synthesizer.stage2 is not None:
+            synthesizer.stage2.load_state_dict(state["stage2"])
+            synthesizer.stage2.history = state["history"]["stage2"]
+        synthesizer.stage1.eval()
+        return synthesizer

@@ -1,0 +1,101 @@
+"""msvae.TabularSynthesizer and its parts at test size."""
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+
+from msvae import TabularSynthesizer  # noqa: E402
+from msvae.data.tabular import Span  # noqa: E402
+from msvae.models import MixedLikelihood, TabularFlowStage2, TabularMixtureStage2  # noqa: E402
+
+
+def small_frame(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, n)
+    return pd.DataFrame({
+        "amount": np.exp(x + 3).round(2),
+        "count": rng.poisson(3, n),
+        "group": np.where(x > 0, "high", "low"),
+        "tag": np.where(rng.random(n) < 0.2, None, rng.choice(["p", "q", "r"], n)),
+        "score": np.where(rng.random(n) < 0.1, np.nan, x + rng.normal(0, 0.3, n)),
+    })
+
+
+SPANS = [Span("a", "scalar", 0, 1), Span("b", "softmax", 1, 3), Span("c", "binary", 4, 1)]
+
+
+def test_mixed_likelihood_is_the_sum_of_its_parts():
+    likelihood = MixedLikelihood(SPANS)
+    x = torch.tensor([[0.3, 0.0, 1.0, 0.0, 1.0]])
+    output = torch.tensor([[0.1, 2.0, -1.0, 0.5, 0.7]])
+    sigma = 0.1
+    expected = (0.5 * ((0.3 - 0.1) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)
+                - torch.log_softmax(torch.tensor([2.0, -1.0, 0.5]), 0)[1].item()
+                + torch.nn.functional.softplus(torch.tensor(-0.7)).item())
+    assert likelihood(x, output).item() == pytest.approx(expected, rel=1e-5)
+    draws = likelihood.sample(output.repeat(2000, 1))
+    assert torch.all(draws[:, 1:4].sum(1) == 1) and set(draws[:, 4].tolist()) <= {0.0, 1.0}
+    assert draws[:, 4].mean().item() == pytest.approx(torch.sigmoid(torch.tensor(0.7)).item(), abs=0.04)
+    assert draws[:, 2].mean().item() == pytest.approx(torch.softmax(output[0, 1:4], 0)[1].item(), abs=0.03)
+
+
+@pytest.mark.parametrize("stage2", [TabularFlowStage2, TabularMixtureStage2])
+def test_tabular_stage2_dequantises_and_round_trips(stage2):
+    model = stage2([False, True, True, True, True])
+    x = torch.tensor([[0.3, 0.0, 1.0, 0.0, 1.0], [-0.5, 1.0, 0.0, 0.0, 0.0]])
+    y = model.dequantize(x)
+    assert torch.all((y[:, 1:] >= x[:, 1:]) & (y[:, 1:] < x[:, 1:] + 1)) and torch.equal(y[:, 0], x[:, 0])
+    torch.testing.assert_close(model.quantize(y), x)
+    context = torch.randn(2, 5)
+    total, terms = model.training_loss(x, context, context, 0)
+    assert torch.isfinite(total) and set(terms) == {"loss"}
+    if stage2 is TabularFlowStage2:  # the flow's code inverts exactly
+        torch.testing.assert_close(model.generate(context, context, model.encode(x, context, context)), x)
+
+
+@pytest.mark.parametrize("stage2", ["flow", "mog", None])
+def test_fit_sample_save_load(tmp_path, stage2):
+    df = small_frame()
+    synthesizer = TabularSynthesizer(latent_dim=3, stage2=stage2, hidden=(32, 32), epochs=2,
+                                     stage2_epochs=2, batch_size=100, progress=False,
+                                     stage2_options={"hidden": 32})
+    synthesizer.fit(df, discrete_columns=["count"])
+    rows = synthesizer.sample(500, seed=1)
+    assert list(rows.columns) == list(df.columns) and len(rows) == 500
+    assert rows["amount"].min() >= df["amount"].min() and rows["amount"].max() <= df["amount"].max()
+    assert set(rows["group"]) <= {"high", "low"} and set(rows["count"]) <= set(df["count"])
+    assert rows["count"].dtype == df["count"].dtype
+    pd.testing.assert_frame_equal(rows, synthesizer.sample(500, seed=1))  # seeded
+    fixed = synthesizer.sample(50, fixed={0: 2.0}, stage="stage1")
+    assert len(fixed) == 50
+    assert synthesizer.encode(df).shape == (len(df), 3)
+    synthesizer.save(tmp_path / "s.pt")
+    loaded = TabularSynthesizer.load(tmp_path / "s.pt")
+    pd.testing.assert_frame_equal(loaded.sample(200, seed=4), synthesizer.sample(200, seed=4))
+    assert len(loaded.stage1.history) == 2
+
+
+def test_missing_values_come_back_at_their_rate():
+    df = small_frame(600)
+    synthesizer = TabularSynthesizer(latent_dim=2, stage2=None, hidden=(32, 32), epochs=40,
+                                     batch_size=100, lr=1e-2, progress=False).fit(df)
+    rows = synthesizer.sample(3000)
+    assert rows["score"].isna().mean() == pytest.approx(df["score"].isna().mean(), abs=0.04)
+    assert rows["tag"].isna().mean() == pytest.approx(df["tag"].isna().mean(), abs=0.05)
+
+
+def test_synthesizer_rejects_bad_use():
+    with pytest.raises(ValueError, match="stage2 must be one of"):
+        TabularSynthesizer(stage2="gan")
+    synthesizer = TabularSynthesizer(latent_dim=2, hidden=(8,), epochs=1, stage2_epochs=1,
+                                     progress=False)
+    with pytest.raises(ValueError, match="not fitted"):
+        synthesizer.sample(3)
+    with pytest.raises(ValueError, match="df is empty"):
+        synthesizer.fit(pd.DataFrame())
+    synthesizer.fit(small_frame(50))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        synthesizer.sample(0)
+    with pytest.raises(ValueError, match=r"fixed factors must be in \[0, 2\)"):
+        synthesizer.sample(3, fixed={5: 1.0})
