@@ -5,6 +5,7 @@
     msvae traverse runs/quick --index 3          # latent traversals of one held-out image, w fixed
     msvae sample runs/quick -n 64                # samples from the model
     msvae stage1 --out runs/stage1 --minutes 55  # stage 1 alone
+    msvae compare-tables --out runs/tables       # synthetic tables: msvae vs CTGAN and TVAE
 
 Each run writes one folder: ``config.json`` (the resolved settings), checkpoints (a rerun with the
 same ``--out`` resumes from them), the trained ``model.pt``, ``history.json``, ``metrics.json``
@@ -201,6 +202,19 @@ def sample(args: argparse.Namespace) -> Path:
     return path
 
 
+def compare_tables(args: argparse.Namespace) -> list[dict]:
+    """Fits and scores the table synthesizers (see ``msvae.tabular_benchmark``)."""
+    from msvae import tabular_benchmark
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", {k: v for k, v in vars(args).items() if k != "func"})
+    return tabular_benchmark.run(args.tables, args.seeds, out, epochs=args.epochs,
+                                 stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
+                                 synthesizers=args.synthesizers, max_rows=args.max_rows)
+
+
 def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """Options shared by ``fit`` and ``stage1``; ``fit`` leaves them None so presets fill them."""
     d = (lambda value: value) if defaults else (lambda value: None)
@@ -263,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--png", default=None, help="output file (default: RUN/samples_SEED.png)")
     s.set_defaults(func=sample)
+
+    c = commands.add_parser("compare-tables",
+                            help="synthetic tables: msvae, its stage 1, CTGAN and TVAE on real tables")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--tables", nargs="+", default=["adult", "breast_cancer", "wine"],
+                   help="adult and/or scikit-learn tables (breast_cancer, wine, diabetes, iris)")
+    c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    c.add_argument("--synthesizers", nargs="+", default=None,
+                   help="msvae, msvae_stage1, ctgan, tvae (default: all available)")
+    c.add_argument("--epochs", type=int, default=100, help="passes over the rows (stage 1)")
+    c.add_argument("--stage2-epochs", type=int, default=None, help="default: --epochs")
+    c.add_argument("--peer-epochs", type=int, default=None, help="CTGAN/TVAE epochs (default: --epochs)")
+    c.add_argument("--max-rows", type=int, default=None, help="use at most this many rows per table")
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=compare_tables)
 
     s1 = commands.add_parser("stage1", help="train and evaluate a stage-1 beta-TCVAE on dSprites")
     _common(s1, defaults=True)

@@ -62,3 +62,24 @@ def test_fit_with_flow_stage2(tmp_path):
 def test_commands_refuse_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit, match="is not a run folder"):
         main(["eval", str(tmp_path)])
+
+
+def test_compare_tables_writes_scores_and_figures(tmp_path):
+    pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "tables"
+    main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
+          "--synthesizers", "msvae", "msvae_stage1", "--epochs", "1"])
+    rows = json.loads((out / "rows.json").read_text())
+    assert [(r["synthesizer"], r["seed"]) for r in rows] == [("msvae", 0), ("msvae_stage1", 0),
+                                                             ("msvae", 1), ("msvae_stage1", 1)]
+    for row in rows:
+        assert 0 <= row["quality"] <= 1 and 0 <= row["privacy"] <= 1 and row["fit_seconds"] > 0
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| wine |") == 2 and "±" in summary
+    for name in ("wine_marginals.png", "wine_association_difference.png", "wine_factors.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+    factors = (out / "wine_factors.csv").read_text().splitlines()
+    assert factors[0] == "factor,column,effect,change" and len(factors) == 1 + 8 * 14
+    with pytest.raises(ValueError, match="unknown or unavailable synthesizers"):
+        main(["compare-tables", "--out", str(out), "--tables", "wine", "--synthesizers", "gan"])

@@ -1,0 +1,265 @@
+"""Synthetic-table comparison: the multi-stage model, its stage 1 alone, CTGAN and TVAE.
+
+Every synthesizer is fitted on the same training split of each table with each seed, samples as
+many rows as the split has, and is scored by ``msvae.metrics.tabular`` against the real rows
+(quality, ML efficacy on the held-out split, detection, privacy). ``run`` writes the rows as JSON,
+a markdown table of mean +- std per metric, and figures (marginals real vs synthetic,
+correlation-difference heatmaps, the multi-stage model's factor traversals).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from msvae.data.tables import ADULT_DISCRETE, load_adult, load_sklearn_table
+from msvae.metrics import tabular as metrics
+
+METRICS = ("quality", "column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy",
+           "fit_seconds", "sample_seconds")
+
+
+def load_table(name: str):
+    """``(df, discrete_columns, target)`` of a named table: ``adult`` or a scikit-learn table."""
+    if name == "adult":
+        return load_adult(), ADULT_DISCRETE, "income"
+    df, discrete = load_sklearn_table(name)
+    return df, discrete, "target"
+
+
+def split(df, test_fraction: float = 0.2, seed: int = 0):
+    """A fixed random train/test split of the rows (the same for every synthesizer and seed)."""
+    order = np.random.default_rng(seed).permutation(len(df))
+    cut = int(round(len(df) * (1 - test_fraction)))
+    return df.iloc[order[:cut]].reset_index(drop=True), df.iloc[order[cut:]].reset_index(drop=True)
+
+
+def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs: int | None = None
+                      ) -> dict[str, Callable]:
+    """``{name: make(seed) -> object with fit(df, discrete_columns) and sample(n)}``; CTGAN and TVAE
+    (the ``ctgan`` package) only when it is installed."""
+    from msvae.models.tabular import TabularSynthesizer
+
+    stage2_epochs = epochs if stage2_epochs is None else stage2_epochs
+    peer_epochs = epochs if peer_epochs is None else peer_epochs
+    makers: dict[str, Callable] = {
+        "msvae": lambda seed: TabularSynthesizer(stage2="flow", epochs=epochs,
+                                                 stage2_epochs=stage2_epochs, seed=seed),
+        "msvae_stage1": lambda seed: TabularSynthesizer(stage2=None, epochs=epochs, seed=seed),
+    }
+    try:
+        import ctgan
+    except ImportError:
+        return makers
+
+    def peer(cls):
+        def make(seed):
+            model = cls(epochs=peer_epochs, enable_gpu=False)
+            model.set_random_state(seed)
+            return model
+        return make
+
+    makers.update(ctgan=peer(ctgan.CTGAN), tvae=peer(ctgan.TVAE))
+    return makers
+
+
+def evaluate(real_train, real_test, synthetic, discrete: Iterable[str], target: str, seed: int) -> dict:
+    """Every metric of one synthetic table (see ``msvae.metrics.tabular``)."""
+    discrete = list(discrete)
+    scores = metrics.quality(real_train, synthetic, discrete)
+    efficacy = metrics.ml_efficacy(synthetic, real_train, real_test, target, discrete, seed=seed)
+    return {**scores, "ml_efficacy": efficacy["synthetic"], "ml_efficacy_real": efficacy["real"],
+            "ml_metric": efficacy["metric"],
+            "detection": metrics.detection(real_train, synthetic, discrete, seed=seed)["score"],
+            "privacy": metrics.dcr_baseline_protection(real_train, synthetic, discrete, seed=seed)["score"]}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (table, synthesizer) and metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["table"], row["synthesizer"]), []).append(row)
+    summary = []
+    for (table, name), group in groups.items():
+        entry = {"table": table, "synthesizer": name, "seeds": len(group)}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in group], dtype=np.float64)
+            entry[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary: list[dict]) -> str:
+    header = "| table | synthesizer | " + " | ".join(METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for entry in summary:
+        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" if "seconds" not in m
+                 else f"{entry[m]['mean']:.1f} ± {entry[m]['std']:.1f}" for m in METRICS]
+        lines.append(f"| {entry['table']} | {entry['synthesizer']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_marginals(real, synthetics: dict, discrete: Iterable[str], path: Path) -> None:
+    """One panel per column: the real distribution against every synthesizer's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    discrete = set(discrete)
+    columns = list(real.columns)
+    frames = {"real": real, **synthetics}
+    colors = {name: ("0.45" if name == "real" else f"C{i}") for i, name in enumerate(frames)}
+    cols = 4
+    rows = (len(columns) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        if column in discrete or real[column].dtype == object:
+            top = real[column].astype(str).value_counts().index[:8]
+            width = 0.8 / (1 + len(synthetics))
+            for i, (name, frame) in enumerate(frames.items()):
+                freqs = frame[column].astype(str).value_counts(normalize=True).reindex(top).fillna(0)
+                ax.bar(np.arange(len(top)) + i * width, freqs.values, width, label=name,
+                       color=colors[name])
+            ax.set_xticks(np.arange(len(top)) + 0.4 - width / 2)
+            ax.set_xticklabels([t[:10] for t in top], rotation=45, ha="right", fontsize=7)
+        else:
+            data = real[column].dropna()
+            bins = np.histogram_bin_edges(data, bins=30)
+            ax.hist(data, bins=bins, density=True, alpha=0.5, label="real", color=colors["real"])
+            for name, frame in synthetics.items():
+                ax.hist(frame[column].dropna().clip(bins[0], bins[-1]), bins=bins, density=True,
+                        histtype="step", label=name, color=colors[name])
+        ax.set_title(str(column), fontsize=9)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _association(df, discrete: set) -> np.ndarray:
+    """Pairwise association in [0, 1]: |Pearson r| of numeric pairs, Cramer's V otherwise (numbers
+    cut into 10 bins)."""
+    import pandas as pd
+    from scipy.stats.contingency import association
+
+    columns = list(df.columns)
+    coded = {}
+    for c in columns:
+        if c in discrete or df[c].dtype == object:
+            coded[c] = pd.Series(df[c].astype(str)).astype("category").cat.codes.to_numpy()
+        else:
+            values = df[c].to_numpy(dtype=float, na_value=np.nan)
+            edges = np.histogram_bin_edges(values[~np.isnan(values)], bins=10)
+            coded[c] = np.digitize(np.nan_to_num(values, nan=edges[0] - 1), edges)
+    out = np.eye(len(columns))
+    for i, a in enumerate(columns):
+        for j in range(i + 1, len(columns)):
+            b = columns[j]
+            if a not in discrete and b not in discrete and df[a].dtype != object and df[b].dtype != object:
+                value = abs(df[[a, b]].astype(float).corr().iloc[0, 1])
+            else:
+                table = pd.crosstab(coded[a], coded[b]).to_numpy()
+                value = association(table) if min(table.shape) > 1 else 0.0
+            out[i, j] = out[j, i] = 0.0 if np.isnan(value) else value
+    return out
+
+
+def plot_association_differences(real, synthetics: dict, discrete: Iterable[str], path: Path) -> None:
+    """Heatmaps of |association(real) - association(synthetic)| per synthesizer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    discrete = set(discrete)
+    reference = _association(real, discrete)
+    fig, axes = plt.subplots(1, len(synthetics), figsize=(4.2 * len(synthetics), 4), squeeze=False)
+    for ax, (name, frame) in zip(axes.flat, synthetics.items()):
+        difference = np.abs(reference - _association(frame, discrete))
+        image = ax.imshow(difference, vmin=0, vmax=0.5, cmap="magma_r")
+        ax.set_title(f"{name}: mean {difference[np.triu_indices(len(difference), 1)].mean():.3f}",
+                     fontsize=9)
+        ax.set_xticks(range(len(real.columns)))
+        ax.set_xticklabels([str(c)[:8] for c in real.columns], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(real.columns)))
+        ax.set_yticklabels([str(c)[:8] for c in real.columns], fontsize=6)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_traversals(profiles: dict, ranking, path: Path, values: list[float], top: int = 3) -> None:
+    """One panel per factor: the ``top`` columns it moves most, their statistic against ``z_k``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = sorted(profiles)
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 2.8), squeeze=False)
+    for ax, k in zip(axes.flat, factors):
+        best = ranking[ranking.factor == k].head(top)
+        for _, row in best.iterrows():
+            series = np.asarray(profiles[k][row.column], dtype=float)
+            span = series.max() - series.min() or 1.0
+            ax.plot(values, (series - series.min()) / span, label=f"{row.column} ({row.effect:.2f})")
+        ax.set_title(f"z_{k}", fontsize=9)
+        ax.set_xlabel("value", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: int = 100,
+        stage2_epochs: int | None = None, peer_epochs: int | None = None,
+        synthesizers: Iterable[str] | None = None, max_rows: int | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Fits and scores every synthesizer on every table with every seed; writes ``rows.json``,
+    ``summary.json``, ``summary.md`` and figures to ``out``; returns the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    makers = make_synthesizers(epochs, stage2_epochs, peer_epochs)
+    names = list(makers) if synthesizers is None else list(synthesizers)
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise ValueError(f"unknown or unavailable synthesizers {unknown}; available: {list(makers)}")
+    rows = []
+    for table in tables:
+        df, discrete, target = load_table(table)
+        if max_rows is not None:
+            df = df.iloc[np.random.default_rng(0).permutation(len(df))[:max_rows]]
+        train, test = split(df)
+        last = {}
+        for seed in seeds:
+            for name in names:
+                model = makers[name](seed)
+                started = time.perf_counter()
+                model.fit(train, discrete_columns=list(discrete))
+                fit_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                synthetic = model.sample(len(train))
+                sample_seconds = time.perf_counter() - started
+                row = {"table": table, "synthesizer": name, "seed": seed, "rows": len(train),
+                       **evaluate(train, test, synthetic, discrete, target, seed),
+                       "fit_seconds": fit_seconds, "sample_seconds": sample_seconds}
+                rows.append(row)
+                log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+                last[name] = (model, synthetic)
+                (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+        synthetics = {name: synthetic for name, (_, synthetic) in last.items()}
+        plot_marginals(train, synthetics, discrete, out / f"{table}_marginals.png")
+        plot_association_differences(train, synthetics, discrete, out / f"{table}_association_difference.png")
+        if "msvae" in last:
+            values = list(np.linspace(-2.5, 2.5, 11))
+            ranking, profiles = last["msvae"][0].traversal_report(values, n=1000)
+            ranking.to_csv(out / f"{table}_factors.csv", index=False)
+            plot_traversals(profiles, ranking, out / f"{table}_factors.png", values)
+    summary = summarize(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.md").write_text(markdown(summary) + "\n")
+    log(markdown(summary))
+    return summary
