@@ -7,7 +7,8 @@ pd = pytest.importorskip("pandas")
 
 from msvae import TabularSynthesizer  # noqa: E402
 from msvae.data.tabular import Span  # noqa: E402
-from msvae.models import MixedLikelihood, TabularFlowStage2, TabularMixtureStage2  # noqa: E402
+from msvae.models import (MixedLikelihood, TabularFlowStage2, TabularMixtureStage2,  # noqa: E402
+                          TabularVAEStage2)
 
 
 def small_frame(n=300, seed=0):
@@ -54,7 +55,19 @@ def test_tabular_stage2_dequantises_and_round_trips(stage2):
         torch.testing.assert_close(model.generate(context, context, model.encode(x, context, context)), x)
 
 
-@pytest.mark.parametrize("stage2", ["flow", "mog", None])
+def test_untrained_vae_stage2_is_stage1s_likelihood():
+    stage2 = TabularVAEStage2(SPANS, w_dim=3, hidden=8, free_bits=0.5, kl_warmup=10)
+    x1 = torch.randn(4, 5)
+    torch.testing.assert_close(stage2.output(x1, torch.randn(4, 3)), x1)
+    x = torch.tensor([[0.3, 0.0, 1.0, 0.0, 1.0]]).repeat(4, 1)
+    total, terms = stage2.training_loss(x, x1, x1, step=0)
+    torch.testing.assert_close(total, terms["recon"])  # KL weight 0 at the first step
+    torch.testing.assert_close(terms["recon"], stage2.likelihood(x, x1).mean())
+    total, terms = stage2.training_loss(x, x1, x1, step=10)
+    assert float(total - terms["recon"]) >= 3 * 0.5 - 1e-6  # free bits: at least 0.5 nats a dimension
+
+
+@pytest.mark.parametrize("stage2", ["vae", "flow", "mog", None])
 def test_fit_sample_save_load(tmp_path, stage2):
     df = small_frame()
     synthesizer = TabularSynthesizer(latent_dim=3, stage2=stage2, hidden=(32, 32), epochs=2,

@@ -2,8 +2,9 @@
 
 Rows become vectors through ``TabularTransformer``; stage 1 is an MLP beta-TCVAE on them with a
 mixed likelihood (``MixedLikelihood``); stage 2 models the rows given the stage-1 output: a
-conditional rational-quadratic spline flow (``TabularFlowStage2``) or a conditional mixture of
-Gaussians (``TabularMixtureStage2``). One-hot and 0/1 entries are dequantised for stage 2 by
+conditional VAE that refines stage 1's output (``TabularVAEStage2``), a conditional
+rational-quadratic spline flow (``TabularFlowStage2``) or a conditional mixture of Gaussians
+(``TabularMixtureStage2``). One-hot and 0/1 entries are dequantised for stage 2 by
 uniform noise in [0, 1) (so a block's largest entry is still its category).
 """
 from __future__ import annotations
@@ -18,10 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msvae.flows import ConditionalFlow
-from msvae.losses import BetaTCVAELoss
+from msvae.data.tabular import Span, TabularTransformer
+from msvae.losses import BetaTCVAELoss, gaussian_kl
+from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
-from msvae.models.training import load_checkpoint, save_checkpoint
+from msvae.models.training import linear_warmup, load_checkpoint, save_checkpoint
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 
@@ -172,7 +175,52 @@ class TabularMixtureStage2(_TabularStage2):
         return self.quantize(mu[rows, k] + log_scale[rows, k].exp() * w)
 
 
-TABULAR_STAGE2 = {"flow": TabularFlowStage2, "mog": TabularMixtureStage2}
+class TabularVAEStage2(SecondStage):
+    """Conditional VAE stage 2 for rows: ``q(w | x, x1)``, ``p(x | x1, w) = MixedLikelihood(x1 + g(x1, w))``.
+
+    ``g`` is an MLP whose last layer starts at zero, so the untrained stage 2 is stage 1's own
+    likelihood; free bits (nats per dimension of ``w``) and a KL warm-up (steps) keep ``w`` in use.
+    ``spans``: the transformer's ``Span`` rows (or lists ``[column, kind, start, size]``).
+    """
+
+    def __init__(self, spans, w_dim: int = 16, hidden: int = 256, free_bits: float = 0.1,
+                 kl_warmup: int = 500):
+        super().__init__()
+        spans = [Span(*span) for span in spans]
+        features = sum(span.size for span in spans)
+        self.config = dict(kind="vae", spans=[list(span) for span in spans], w_dim=w_dim,
+                           hidden=hidden, free_bits=free_bits, kl_warmup=kl_warmup)
+        self.w_dim, self.free_bits, self.kl_warmup = w_dim, free_bits, kl_warmup
+        self.likelihood = MixedLikelihood(spans)
+        self.encoder = MLPEncoder(2 * features, w_dim, (hidden, hidden))
+        self.decoder = MLPDecoder(features + w_dim, features, (hidden, hidden))
+        last = self.decoder.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.history: list[dict] = []
+
+    def output(self, x1: Tensor, w: Tensor) -> Tensor:
+        return x1 + self.decoder(torch.cat([x1, w], 1))
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """Negative ELBO with free bits and KL warm-up; terms: loss, recon, kl (nats per row)."""
+        mu, logvar = self.encoder(torch.cat([x, x1], 1))
+        recon = self.likelihood(x, self.output(x1, reparameterize(mu, logvar))).mean()
+        kl_per_dim = gaussian_kl(mu, logvar).mean(0)
+        total = recon + linear_warmup(step, self.kl_warmup) * kl_per_dim.clamp(min=self.free_bits).sum()
+        return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        return self.encoder(torch.cat([x, x1], 1))[0]
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        """A draw of ``p(x | x1, w)`` ``[B, F]``."""
+        return self.likelihood.sample(self.output(x1, w))
+
+
+TABULAR_STAGE2 = {"vae": TabularVAEStage2, "flow": TabularFlowStage2, "mog": TabularMixtureStage2}
 
 
 class TabularSynthesizer:
@@ -180,8 +228,8 @@ class TabularSynthesizer:
 
     Args:
         latent_dim: size of the disentangled code ``z``.
-        stage2: ``"flow"`` (conditional spline flow), ``"mog"`` (conditional mixture of
-            Gaussians) or None (stage 1 alone).
+        stage2: ``"vae"`` (conditional VAE refining stage 1's output), ``"flow"`` (conditional
+            spline flow), ``"mog"`` (conditional mixture of Gaussians) or None (stage 1 alone).
         hidden: widths of stage 1's MLPs.
         alpha, beta, gamma: beta-TCVAE weights (index-code MI, total correlation, dimension-wise KL).
         epochs, stage2_epochs, batch_size, lr: training length (passes over the rows) and Adam settings.
@@ -216,18 +264,19 @@ class TabularSynthesizer:
         self.stage1 = DisentangledVAE.for_vectors(features, o["latent_dim"], tuple(o["hidden"]),
                                                   likelihood="gaussian").to(self.device)
         self.likelihood = MixedLikelihood(transformer.spans).to(self.device)
-        discrete = [False] * features
-        for span in transformer.spans:
-            if span.kind != "scalar":
-                discrete[span.start:span.start + span.size] = [True] * span.size
+        if o["stage2"] == "vae":
+            layout = [list(span) for span in transformer.spans]
+        else:  # the flow and the mixture need to know which entries to dequantise
+            layout = [False] * features
+            for span in transformer.spans:
+                if span.kind != "scalar":
+                    layout[span.start:span.start + span.size] = [True] * span.size
         self.stage2 = (None if o["stage2"] is None else
-                       TABULAR_STAGE2[o["stage2"]](discrete, **o["stage2_options"]).to(self.device))
+                       TABULAR_STAGE2[o["stage2"]](layout, **o["stage2_options"]).to(self.device))
 
     def fit(self, df, discrete_columns: Iterable[str] = (),
             column_types: dict[str, str] | None = None) -> "TabularSynthesizer":
         """Fits the transformer, stage 1, then stage 2 (stage 1 frozen) on the rows of ``df``."""
-        from msvae.data.tabular import TabularTransformer
-
         o = self.options
         transformer = TabularTransformer(o["continuous"], seed=o["seed"]).fit(df, discrete_columns,
                                                                             column_types)
@@ -350,8 +399,6 @@ class TabularSynthesizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "TabularSynthesizer":
-        from msvae.data.tabular import TabularTransformer
-
         state = load_checkpoint(path)
         if state is None:
             raise FileNotFoundError(f"no synthesizer file at {path}")
