@@ -13,6 +13,7 @@ from torch import Tensor
 
 from msvae import metrics
 from msvae.losses import gaussian_kl
+from msvae.models import VAEStage2
 from msvae.plotting import save_grid
 
 
@@ -38,8 +39,6 @@ def encode_images(model, load_images: Callable[[np.ndarray], Tensor], indices: n
     ``w_kl [N, w_dim]`` (KL of ``q(w | x, x1)`` from the prior per dimension) for a VAE stage 2
     or ``bits_per_dim [N]`` (negative log-likelihood of the image) for a flow stage 2.
     """
-    from msvae.models import VAEStage2  # evaluation is imported by models' users, not the reverse
-
     stage1, stage2 = getattr(model, "stage1", model), getattr(model, "stage2", None)
     columns: dict[str, list[Tensor]] = {}
     for start in range(0, len(indices), batch_size):
