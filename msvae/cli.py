@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adult and/or scikit-learn tables (breast_cancer, wine, diabetes, iris)")
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--synthesizers", nargs="+", default=None,
-                   help="msvae, msvae_stage1, ctgan, tvae (default: all available)")
+                   help="msvae (also scored by its stage 1 alone), ctgan, tvae (default: all available)")
     c.add_argument("--epochs", type=int, default=100, help="passes over the rows (stage 1)")
     c.add_argument("--stage2-epochs", type=int, default=None, help="default: --epochs")
     c.add_argument("--peer-epochs", type=int, default=None, help="CTGAN/TVAE epochs (default: --epochs)")

@@ -238,8 +238,8 @@ class TabularSynthesizer:
         seed: seeds the transformer, the initialisation, training and (by default) sampling.
     """
 
-    def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
-                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 4.0,
+    def __init__(self, latent_dim: int = 8, stage2: str | None = "vae",
+                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 2.0,
                  gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
                  stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
@@ -289,6 +289,8 @@ class TabularSynthesizer:
         self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch,
                         batch_size=batch_size, lr=o["lr"], progress=self.progress,
                         seed=o["seed"], log_every=steps_per_epoch)
+        if isinstance(self.stage2, TabularVAEStage2):  # start from stage 1's learned scales
+            self.stage2.likelihood.load_state_dict(self.likelihood.state_dict())
         if self.stage2 is not None:
             self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch,
                             batch_size=batch_size, lr=o["lr"], progress=self.progress,
