@@ -212,7 +212,8 @@ def compare_tables(args: argparse.Namespace) -> list[dict]:
     _write_json(out / "config.json", {k: v for k, v in vars(args).items() if k != "func"})
     return tabular_benchmark.run(args.tables, args.seeds, out, epochs=args.epochs,
                                  stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
-                                 synthesizers=args.synthesizers, max_rows=args.max_rows)
+                                 synthesizers=args.synthesizers, max_rows=args.max_rows,
+                                 target=args.target, discrete_columns=args.discrete)
 
 
 def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -282,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="synthetic tables: msvae, its stage 1, CTGAN and TVAE on real tables")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--tables", nargs="+", default=["adult", "breast_cancer", "wine"],
-                   help="adult and/or scikit-learn tables (breast_cancer, wine, diabetes, iris)")
+                   help="adult, scikit-learn tables (breast_cancer, wine, diabetes, iris), CSV files")
+    c.add_argument("--target", default=None, help="a CSV table's prediction column (ML efficacy)")
+    c.add_argument("--discrete", nargs="*", default=[],
+                   help="a CSV table's categorical columns (besides the non-numeric ones)")
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--synthesizers", nargs="+", default=None,
                    help="msvae (also scored by its stage 1 alone), ctgan, tvae (default: all available)")

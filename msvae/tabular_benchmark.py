@@ -15,15 +15,23 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from msvae.data.tables import ADULT_DISCRETE, load_adult, load_sklearn_table
+from msvae.data.tables import ADULT_DISCRETE, load_adult, load_sklearn_table, read_table
 from msvae.metrics import tabular as metrics
 
 METRICS = ("quality", "column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy",
            "fit_seconds", "sample_seconds")
 
 
-def load_table(name: str):
-    """``(df, discrete_columns, target)`` of a named table: ``adult`` or a scikit-learn table."""
+def load_table(name: str, target: str | None = None, discrete_columns: Iterable[str] = ()):
+    """``(df, discrete_columns, target)`` of a table: ``adult``, a scikit-learn table, or a CSV file
+    (a name ending in ``.csv``; ``target`` names its prediction column, ``discrete_columns`` its
+    categorical columns beyond the non-numeric ones)."""
+    if name.endswith(".csv"):
+        df = read_table(name)
+        if target is None or target not in df.columns:
+            raise ValueError(f"a CSV table needs target= one of its columns {list(df.columns)}, got {target!r}")
+        discrete = set(discrete_columns) | {c for c in df.columns if not metrics._numeric(df[c])}
+        return df, tuple(c for c in df.columns if c in discrete), target
     if name == "adult":
         return load_adult(), ADULT_DISCRETE, "income"
     df, discrete = load_sklearn_table(name)
@@ -217,9 +225,11 @@ def plot_traversals(profiles: dict, ranking, path: Path, values: list[float], to
 def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: int = 100,
         stage2_epochs: int | None = None, peer_epochs: int | None = None,
         synthesizers: Iterable[str] | None = None, max_rows: int | None = None,
+        target: str | None = None, discrete_columns: Iterable[str] = (),
         log: Callable[[str], None] = print) -> list[dict]:
     """Fits and scores every synthesizer on every table with every seed; writes ``rows.json``,
-    ``summary.json``, ``summary.md`` and figures to ``out``; returns the summary."""
+    ``summary.json``, ``summary.md`` and figures to ``out``; returns the summary. ``target`` and
+    ``discrete_columns`` describe CSV tables (see ``load_table``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     makers = make_synthesizers(epochs, stage2_epochs, peer_epochs)
@@ -229,7 +239,7 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
         raise ValueError(f"unknown or unavailable synthesizers {unknown}; available: {list(makers)}")
     rows = []
     for table in tables:
-        df, discrete, target = load_table(table)
+        df, discrete, target_column = load_table(table, target, discrete_columns)
         if max_rows is not None:
             df = df.iloc[np.random.default_rng(0).permutation(len(df))[:max_rows]]
         train, test = split(df)
@@ -245,14 +255,15 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                     started = time.perf_counter()
                     synthetic = model.sample(len(train), **options)
                     sample_seconds = time.perf_counter() - started
-                    row = {"table": table, "synthesizer": variant, "seed": seed, "rows": len(train),
-                           **evaluate(train, test, synthetic, discrete, target, seed),
+                    row = {"table": Path(table).stem if table.endswith(".csv") else table, "synthesizer": variant, "seed": seed, "rows": len(train),
+                           **evaluate(train, test, synthetic, discrete, target_column, seed),
                            "fit_seconds": fit_seconds, "sample_seconds": sample_seconds}
                     rows.append(row)
                     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
                     last[variant] = (model, synthetic)
                 (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
         synthetics = {name: synthetic for name, (_, synthetic) in last.items()}
+        table = Path(table).stem if table.endswith(".csv") else table
         plot_marginals(train, synthetics, discrete, out / f"{table}_marginals.png")
         plot_association_differences(train, synthetics, discrete, out / f"{table}_association_difference.png")
         if "msvae" in last:

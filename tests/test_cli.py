@@ -83,3 +83,21 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
     assert factors[0] == "factor,column,effect,change" and len(factors) == 1 + 8 * 14
     with pytest.raises(ValueError, match="unknown or unavailable synthesizers"):
         main(["compare-tables", "--out", str(out), "--tables", "wine", "--synthesizers", "gan"])
+
+
+def test_compare_tables_reads_a_users_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    from msvae.data.tables import load_adult
+
+    load_adult().head(300).to_csv(tmp_path / "mine.csv", index=False)
+    out = tmp_path / "csv"
+    args = ["compare-tables", "--out", str(out), "--tables", str(tmp_path / "mine.csv"), "--seeds", "0",
+            "--synthesizers", "msvae", "--epochs", "1"]
+    with pytest.raises(ValueError, match="a CSV table needs target="):
+        main(args)
+    main([*args, "--target", "income", "--discrete", "education_num"])
+    rows = json.loads((out / "rows.json").read_text())
+    assert {r["table"] for r in rows} == {"mine"} and rows[0]["ml_metric"] == "f1"
+    assert (out / "mine_marginals.png").exists()
+    assert pd.read_csv(out / "mine_factors.csv").shape[1] == 4
