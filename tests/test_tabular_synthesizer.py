@@ -89,6 +89,17 @@ def test_fit_sample_save_load(tmp_path, stage2):
     assert len(loaded.stage1.history) == 2
 
 
+def test_interrupted_fit_resumes(tmp_path):
+    df = small_frame(200)
+    options = dict(latent_dim=2, hidden=(16, 16), batch_size=50, progress=False,
+                   stage2_options={"hidden": 16})
+    straight = TabularSynthesizer(epochs=3, stage2_epochs=3, **options).fit(df)
+    TabularSynthesizer(epochs=3, stage2_epochs=1, **options).fit(df, checkpoint_dir=tmp_path)
+    resumed = TabularSynthesizer(epochs=3, stage2_epochs=3, **options).fit(df, checkpoint_dir=tmp_path)
+    assert [h["step"] for h in resumed.stage2.history] == [4, 8, 12]
+    pd.testing.assert_frame_equal(resumed.sample(100), straight.sample(100))
+
+
 def test_missing_values_come_back_at_their_rate():
     df = small_frame(600)
     synthesizer = TabularSynthesizer(latent_dim=2, stage2=None, hidden=(32, 32), epochs=40,

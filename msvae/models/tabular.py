@@ -274,9 +274,10 @@ class TabularSynthesizer:
         self.stage2 = (None if o["stage2"] is None else
                        TABULAR_STAGE2[o["stage2"]](layout, **o["stage2_options"]).to(self.device))
 
-    def fit(self, df, discrete_columns: Iterable[str] = (),
-            column_types: dict[str, str] | None = None) -> "TabularSynthesizer":
-        """Fits the transformer, stage 1, then stage 2 (stage 1 frozen) on the rows of ``df``."""
+    def fit(self, df, discrete_columns: Iterable[str] = (), column_types: dict[str, str] | None = None,
+            checkpoint_dir: str | os.PathLike | None = None) -> "TabularSynthesizer":
+        """Fits the transformer, stage 1, then stage 2 (stage 1 frozen) on the rows of ``df``.
+        With ``checkpoint_dir`` both stages checkpoint there and an interrupted fit resumes."""
         o = self.options
         transformer = TabularTransformer(o["continuous"], seed=o["seed"]).fit(df, discrete_columns,
                                                                             column_types)
@@ -286,15 +287,13 @@ class TabularSynthesizer:
         steps_per_epoch = max(1, math.ceil(len(data) / batch_size))
         loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=o["beta"],
                              gamma=o["gamma"], recon=self.likelihood)
-        self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch,
-                        batch_size=batch_size, lr=o["lr"], progress=self.progress,
-                        seed=o["seed"], log_every=steps_per_epoch)
+        common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
+                      log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir)
+        self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch, **common)
         if isinstance(self.stage2, TabularVAEStage2):  # start from stage 1's learned scales
             self.stage2.likelihood.load_state_dict(self.likelihood.state_dict())
         if self.stage2 is not None:
-            self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch,
-                            batch_size=batch_size, lr=o["lr"], progress=self.progress,
-                            seed=o["seed"], log_every=steps_per_epoch)
+            self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch, **common)
         return self
 
     def _check_fitted(self) -> None:
