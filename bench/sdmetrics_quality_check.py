@@ -3,14 +3,20 @@ QualityReport, at its default pair thresholds and with every pair counted; print
 
     python bench/sdmetrics_quality_check.py > bench/results/<run>/sdmetrics_check.jsonl
 """
-import json, warnings, torch
-warnings.filterwarnings("ignore")
-torch.set_num_threads(1)
+import json
+import warnings
+
 import ctgan
+import torch
 from sdmetrics.reports.single_table import QualityReport
+
 from msvae import TabularSynthesizer
 from msvae import tabular_benchmark as tb
-df, d, target = tb.load_table("adult"); train, test = tb.split(df)
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+df, d, target = tb.load_table("adult")
+train, test = tb.split(df)
 meta = {"columns": {c: {"sdtype": "categorical" if c in d else "numerical"} for c in train.columns}}
 models = {"msvae": TabularSynthesizer(epochs=100, stage2_epochs=100, seed=0, progress=False),
           "ctgan": ctgan.CTGAN(epochs=100, enable_gpu=False), "tvae": ctgan.TVAE(epochs=100, enable_gpu=False)}
