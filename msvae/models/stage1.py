@@ -102,7 +102,8 @@ class DisentangledVAE(nn.Module):
         ``checkpoint_dir``, ``stage1.pt`` there holds model, loss, optimisers, step, RNG states and
         history, written every ``checkpoint_every`` steps; with ``resume`` training continues from
         it (exactly, on CPU and CUDA), and resuming with other settings is a ``ValueError``.
-        ``time_limit`` (seconds, earlier runs of the checkpoint included) stops training early. Seeds torch's global RNG with ``seed``.
+        ``time_limit`` (seconds, earlier runs of the checkpoint included) stops training early.
+        Seeds torch's global RNG with ``seed``.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
         loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
