@@ -14,6 +14,7 @@ from torch import Tensor
 from msvae import metrics
 from msvae.losses import gaussian_kl
 from msvae.models import VAEStage2
+from msvae.models.multistage import sweep
 from msvae.plotting import save_grid
 
 
@@ -134,7 +135,7 @@ def save_stage1_figures(model, images: Tensor, out_dir: str | os.PathLike, span:
     save_grid(torch.cat([images, recon]), paths[0], nrow=len(images))
     code = model.encode(images[:1])
     values = torch.linspace(-span, span, steps)
-    rows = [model.decode(_sweep(code[0], d, values)) for d in range(model.latent_dim)]
+    rows = [model.decode(sweep(code[0], d, values)) for d in range(model.latent_dim)]
     save_grid(torch.cat(rows), paths[1], nrow=steps)
     return paths
 
@@ -159,14 +160,8 @@ def save_multistage_figures(model, images: Tensor, out_dir: str | os.PathLike, s
     z, w = (c[0] for c in model.encode(images[:1]))
     full = [model.traverse(k, values, z=z, w=w) for k in range(model.stage1.latent_dim)]
     save_grid(torch.cat(full), paths[1], nrow=steps)
-    first = [model.stage1_output(_sweep(z, k, values))[1] for k in range(model.stage1.latent_dim)]
+    first = [model.stage1_output(sweep(z, k, values))[1] for k in range(model.stage1.latent_dim)]
     save_grid(torch.cat(first), paths[2], nrow=steps)
     save_grid(model.sample(num_samples), paths[3], nrow=int(math.sqrt(num_samples)) or 1)
     return paths
 
-
-def _sweep(z: Tensor, k: int, values: Tensor) -> Tensor:
-    """Copies of the code ``z [D]`` with ``z_k`` set to each of ``values`` -> ``[len(values), D]``."""
-    codes = z.repeat(len(values), 1)
-    codes[:, k] = values.to(z)
-    return codes

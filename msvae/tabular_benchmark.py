@@ -240,6 +240,7 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
     rows = []
     for table in tables:
         df, discrete, target_column = load_table(table, target, discrete_columns)
+        label = Path(table).stem if table.endswith(".csv") else table
         if max_rows is not None:
             df = df.iloc[np.random.default_rng(0).permutation(len(df))[:max_rows]]
         train, test = split(df)
@@ -255,7 +256,7 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                     started = time.perf_counter()
                     synthetic = model.sample(len(train), **options)
                     sample_seconds = time.perf_counter() - started
-                    row = {"table": Path(table).stem if table.endswith(".csv") else table, "synthesizer": variant, "seed": seed, "rows": len(train),
+                    row = {"table": label, "synthesizer": variant, "seed": seed, "rows": len(train),
                            **evaluate(train, test, synthetic, discrete, target_column, seed),
                            "fit_seconds": fit_seconds, "sample_seconds": sample_seconds}
                     rows.append(row)
@@ -263,14 +264,13 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                     last[variant] = (model, synthetic)
                 (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
         synthetics = {name: synthetic for name, (_, synthetic) in last.items()}
-        table = Path(table).stem if table.endswith(".csv") else table
-        plot_marginals(train, synthetics, discrete, out / f"{table}_marginals.png")
-        plot_association_differences(train, synthetics, discrete, out / f"{table}_association_difference.png")
+        plot_marginals(train, synthetics, discrete, out / f"{label}_marginals.png")
+        plot_association_differences(train, synthetics, discrete, out / f"{label}_association_difference.png")
         if "msvae" in last:
             values = list(np.linspace(-2.5, 2.5, 11))
             ranking, profiles = last["msvae"][0].traversal_report(values, n=1000)
-            ranking.to_csv(out / f"{table}_factors.csv", index=False)
-            plot_traversals(profiles, ranking, out / f"{table}_factors.png", values)
+            ranking.to_csv(out / f"{label}_factors.csv", index=False)
+            plot_traversals(profiles, ranking, out / f"{label}_factors.png", values)
     summary = summarize(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(markdown(summary) + "\n")

@@ -39,3 +39,13 @@ def toy_images(n=256, seed=0):
     for k, (r, c) in enumerate(pos.tolist()):
         images[k, 0, r:r + 16, c:c + 16] = 1.0
     return images
+
+
+def loss_batch(B=16, D=4, pixels=(1, 6, 6), dtype=torch.float64):
+    """Binary data, decoder logits and a reparametrised posterior sample: (x, logits, z, mu, logvar)."""
+    x = torch.rand(B, *pixels, dtype=dtype).round()
+    logits = torch.randn(B, *pixels, dtype=dtype, requires_grad=True)
+    mu = torch.randn(B, D, dtype=dtype, requires_grad=True)
+    logvar = (0.5 * torch.randn(B, D, dtype=dtype)).requires_grad_()
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    return x, logits, z, mu, logvar

@@ -4,18 +4,13 @@ import math
 import pytest
 import torch
 
+from conftest import loss_batch
 from msvae.losses import (BetaTCVAELoss, BetaVAELoss, beta_tcvae_loss, beta_vae_loss, gaussian_kl,
                           reconstruction_nll)
 from msvae.ops.reference import gaussian_log_density
 
 
-def batch(B=16, D=4, pixels=(1, 6, 6), dtype=torch.float64):
-    x = torch.rand(B, *pixels, dtype=dtype).round()
-    logits = torch.randn(B, *pixels, dtype=dtype, requires_grad=True)
-    mu = torch.randn(B, D, dtype=dtype, requires_grad=True)
-    logvar = (0.5 * torch.randn(B, D, dtype=dtype)).requires_grad_()
-    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-    return x, logits, z, mu, logvar
+batch = loss_batch
 
 
 def test_beta_vae_loss_by_hand():

@@ -1,10 +1,12 @@
 """msvae.losses: FactorVAE, DIP-VAE and the decomposition objective with structured priors."""
+import functools
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import loss_batch
 from msvae.losses import (DIVERGENCES, IMQ_SCALES, DecompositionLoss, DIPVAELoss, FactorVAELoss,
                           beta_vae_loss, decomposition_loss, dip_vae_loss, factor_vae_discriminator,
                           factor_vae_loss, imq_mmd, permute_dims, reconstruction_nll)
@@ -15,13 +17,7 @@ from msvae.priors import (AnisotropicGaussian, GaussianMixture, IsotropicGaussia
 f64 = torch.float64
 
 
-def batch(B=16, D=4, pixels=(1, 5, 3), dtype=f64):
-    x = torch.rand(B, *pixels, dtype=dtype).round()
-    logits = torch.randn(B, *pixels, dtype=dtype, requires_grad=True)
-    mu = torch.randn(B, D, dtype=dtype, requires_grad=True)
-    logvar = (0.5 * torch.randn(B, D, dtype=dtype)).requires_grad_()
-    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-    return x, logits, z, mu, logvar
+batch = functools.partial(loss_batch, pixels=(1, 5, 3))
 
 
 def standard_kl(mu, logvar):

@@ -19,6 +19,13 @@ from msvae.models.training import load_checkpoint, save_checkpoint
 RECONSTRUCTION_STAGES = ("full", "stage1")
 
 
+def sweep(z: Tensor, k: int, values: Tensor) -> Tensor:
+    """Copies of the code ``z [D]`` with ``z_k`` set to each of ``values`` -> ``[len(values), D]``."""
+    codes = z.repeat(len(values), 1)
+    codes[:, k] = values.to(codes)
+    return codes
+
+
 class MultiStageModel(nn.Module):
     """Stage 1 (a ``DisentangledVAE``) and a stage 2 (``VAEStage2`` or ``FlowStage2``).
 
@@ -133,9 +140,7 @@ class MultiStageModel(nn.Module):
         if z.shape != (D,) or w.shape != (self.stage2.w_dim,):
             raise ValueError(f"z and w must have shapes [{D}] and [{self.stage2.w_dim}], got "
                              f"{tuple(z.shape)} and {tuple(w.shape)}")
-        codes = z.repeat(len(values), 1)
-        codes[:, k] = values
-        return self.decode(codes, w.expand(len(values), -1))
+        return self.decode(sweep(z, k, values), w.expand(len(values), -1))
 
     def save(self, path: str | os.PathLike) -> None:
         """Both stages' weights, configs and histories in one file."""
