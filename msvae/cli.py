@@ -23,25 +23,28 @@ import torch
 from torch.utils.data import Subset
 
 from msvae.data import DSprites
-from msvae.evaluation import (disentanglement_report, encode_images, reconstruction_summary,
-                              save_multistage_figures, save_stage1_figures)
+from msvae.evaluation import (disentanglement_report, dsprites_factor_classifier, encode_images,
+                              reconstruction_summary, sample_report, save_multistage_figures,
+                              save_stage1_figures, traversal_report, w_leak_report)
 from msvae.losses import BetaTCVAELoss
 from msvae.models import DisentangledVAE, MultiStageModel
 
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # ``msvae fit`` presets; any option given on the command line overrides its preset's value.
 PRESETS = {
-    # The whole pipeline in at most 10 minutes on a 2-core CPU: both stages are time-limited.
+    # The whole pipeline in about 10 minutes on an idle 2-core CPU. Bounded by steps, not minutes,
+    # so the same command trains the same model on any machine (a busy one only takes longer).
     "quick": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
-                  stage1_steps=100_000, stage1_minutes=4.5, stage2_steps=100_000,
-                  stage2_minutes=3.5, free_bits=0.5, kl_warmup=500, eval_size=2000),
+                  stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
+                  stage2_minutes=None, free_bits=0.0, kl_warmup=500, eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
-                  stage2_minutes=None, free_bits=0.5, kl_warmup=5000, eval_size=10_000),
+                  stage2_minutes=None, free_bits=0.0, kl_warmup=5000, eval_size=10_000),
 }
+CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
 
 
@@ -56,26 +59,50 @@ def _read_config(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _data(config: dict) -> tuple[DSprites, np.ndarray, np.ndarray]:
-    """The dataset, its training indices, and the held-out indices that are evaluated."""
+def _data(config: dict) -> tuple[DSprites, np.ndarray, np.ndarray, np.ndarray]:
+    """The dataset, its training and held-out indices, and the held-out indices that are evaluated."""
     dataset = DSprites(config.get("dsprites"))
     train_idx, test_idx = DSprites.split(config["held_out"], seed=config["seed"])
     eval_idx = np.random.default_rng(config["seed"]).choice(
         test_idx, min(config["eval_size"], len(test_idx)), replace=False)
-    return dataset, train_idx, eval_idx
+    return dataset, train_idx, test_idx, eval_idx
 
 
-def _evaluate(model, dataset: DSprites, eval_idx: np.ndarray, seed: int) -> dict:
-    encoded = encode_images(model, dataset.images, eval_idx)
-    report = disentanglement_report(encoded["mu"], encoded["logvar"], dataset.factors(eval_idx),
-                                    seed=seed)
-    return {**reconstruction_summary(encoded), **report, "held_out_images": len(eval_idx)}
+def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndarray,
+              eval_idx: np.ndarray, seed: int, progress: bool = True,
+              classifier_steps: int = CLASSIFIER_STEPS) -> dict:
+    """Held-out metrics (``metrics.json``): reconstruction, ``nll_bound``, disentanglement of ``z``
+    and, for a multi-stage model, ``samples``, ``w_leak`` and ``traversal_fidelity``, judged by
+    the dSprites factor classifier (trained on the training images on first use, then cached)."""
+    encoded = encode_images(model, dataset.images, eval_idx, seed=seed)
+    factors = dataset.factors(eval_idx)
+    report = disentanglement_report(encoded["mu"], encoded["logvar"], factors, seed=seed)
+    results = {**reconstruction_summary(encoded, getattr(model, "stage2", None)), **report,
+               "held_out_images": len(eval_idx)}
+    if isinstance(model, MultiStageModel):
+        names = dataset.factor_names
+        classifier, accuracy = dsprites_factor_classifier(dataset, train_idx, test_idx, seed=seed,
+                                                          steps=classifier_steps, progress=progress)
+        images = dataset.images(eval_idx)
+        results["samples"] = {**sample_report(model, classifier, images, names, dataset.class_sizes,
+                                              seed=seed),
+                              "classifier_accuracy": dict(zip(names, accuracy))}
+        results["w_leak"] = w_leak_report(encoded["w"], encoded["mu"], factors,
+                                          dataset.factor_classes(factors), names, seed=seed)
+        results["traversal_fidelity"] = traversal_report(model, classifier, images[:16], encoded["mu"],
+                                                         factors, report["kl_per_dim"], names)
+    return results
 
 
 def _print_summary(results: dict) -> None:
-    keys = ("stage1", "full", "full_over_stage1", "w_kl", "bits_per_dim", "mig", "mig_chen",
+    keys = ("stage1", "full", "full_over_stage1", "nll_bound", "w_kl", "mig", "mig_chen",
             "dci_disentanglement", "steps", "train_seconds")
-    print(json.dumps({k: results[k] for k in keys if k in results}, indent=1))
+    summary = {k: results[k] for k in keys if k in results}
+    if "samples" in results:
+        summary["sample_frechet_distance"] = results["samples"]["frechet_distance"]
+        summary["w_leak_max_captured"] = results["w_leak"]["max_captured"]
+        summary["traversal_fidelity"] = {k: results["traversal_fidelity"][k] for k in ("stage1", "full")}
+    print(json.dumps(summary, indent=1))
 
 
 def _stage1_loss(config: dict, dataset_size: int) -> BetaTCVAELoss:
@@ -94,7 +121,7 @@ def stage1(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k != "func"}
     _write_json(out / "config.json", config)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    dataset, train_idx, eval_idx = _data(config)
+    dataset, train_idx, test_idx, eval_idx = _data(config)
     model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(args.device)
     started = time.monotonic()
     model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx)),
@@ -104,7 +131,7 @@ def stage1(args: argparse.Namespace) -> dict:
     train_seconds = time.monotonic() - started
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
-    results = {**_evaluate(model, dataset, eval_idx, args.seed),
+    results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, args.seed),
                "steps": model.history[-1]["step"] if model.history else 0,
                "train_seconds": train_seconds}
     _write_json(out / "metrics.json", results)
@@ -121,7 +148,7 @@ def fit(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config)
     torch.set_num_threads(config.get("threads") or torch.get_num_threads())
-    dataset, train_idx, eval_idx = _data(config)
+    dataset, train_idx, test_idx, eval_idx = _data(config)
     stage2_options = (dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
                            kl_warmup=config["kl_warmup"]) if config["stage2"] == "vae" else FLOW_OPTIONS)
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
@@ -138,7 +165,8 @@ def fit(args: argparse.Namespace) -> dict:
     train_seconds = time.monotonic() - started
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
-    results = {**_evaluate(model, dataset, eval_idx, config["seed"]),
+    results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
+                           progress=not config["quiet"], classifier_steps=config["classifier_steps"]),
                "steps": {stage: h[-1]["step"] if h else 0 for stage, h in model.history.items()},
                "train_seconds": train_seconds}
     _write_json(out / "metrics.json", results)
@@ -161,9 +189,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     config, model = _load_run(run)
     if args.eval_size is not None:
         config["eval_size"] = args.eval_size
-    dataset, _, eval_idx = _data(config)
+    dataset, train_idx, test_idx, eval_idx = _data(config)
     previous = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-    results = {**previous, **_evaluate(model, dataset, eval_idx, config["seed"])}
+    results = {**previous, **_evaluate(
+        model, dataset, train_idx, test_idx, eval_idx, config["seed"], progress=not config.get("quiet", False),
+        classifier_steps=config.get("classifier_steps", CLASSIFIER_STEPS))}
     _write_json(run / "metrics.json", results)
     save_multistage_figures(model, dataset.images(eval_idx[:8]), run)
     _print_summary(results)
@@ -176,7 +206,7 @@ def traverse(args: argparse.Namespace) -> Path:
 
     run = Path(args.run)
     config, model = _load_run(run)
-    dataset, _, eval_idx = _data(config)
+    dataset, _, _, eval_idx = _data(config)
     if not 0 <= args.index < len(eval_idx):
         raise SystemExit(f"msvae: --index must be in [0, {len(eval_idx)}), got {args.index}")
     image = dataset.images(eval_idx[args.index:args.index + 1])[0]
@@ -249,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(f, defaults=False)
     f.add_argument("--stage2", choices=["vae", "flow"], default=None, help="second-stage model")
     f.add_argument("--w-dim", type=int, default=None, help="size of w (VAE stage 2)")
-    f.add_argument("--free-bits", type=float, default=None, help="nats per dimension of w not penalised")
+    f.add_argument("--free-bits", type=float, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
     f.add_argument("--kl-warmup", type=int, default=None, help="steps of linear warm-up of w's KL")
     f.add_argument("--stage2-lr", type=float, default=None)
+    f.add_argument("--classifier-steps", type=int, default=CLASSIFIER_STEPS,
+                   help="training steps of the factor classifier that scores samples (cached)")
     for stage in ("stage1", "stage2"):
         f.add_argument(f"--{stage}-steps", type=int, default=None, help=f"maximum {stage} steps")
         f.add_argument(f"--{stage}-minutes", type=float, default=None,

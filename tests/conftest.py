@@ -31,6 +31,18 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _classifier_cache(tmp_path_factory):
+    """Factor classifiers trained by the tests are cached in a temporary folder, not the user's."""
+    previous = os.environ.get("MSVAE_CACHE")
+    os.environ["MSVAE_CACHE"] = str(tmp_path_factory.mktemp("msvae_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MSVAE_CACHE", None)
+    else:
+        os.environ["MSVAE_CACHE"] = previous
+
+
 def toy_images(n=256, seed=0):
     """Binary 64x64 images of a square at a random position: one easy factor of variation."""
     g = torch.Generator().manual_seed(seed)

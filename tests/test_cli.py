@@ -24,22 +24,33 @@ def test_stage1_run_folder_and_resume(tmp_path):
 
 
 FIT = ["--stage1-steps", "3", "--stage2-steps", "3", "--batch-size", "8", "--eval-size", "100",
-       "--latent-dim", "3", "--w-dim", "2", "--quiet", "--checkpoint-every", "2"]
+       "--latent-dim", "3", "--w-dim", "2", "--quiet", "--checkpoint-every", "2",
+       "--classifier-steps", "5"]
 
 
 def test_fit_eval_traverse_sample(tmp_path, capsys):
     out = tmp_path / "run"
     main(["fit", "--out", str(out), "--preset", "quick", *FIT])
     for name in ("config.json", "stage1.pt", "stage2.pt", "model.pt", "history.json", "metrics.json",
-                 "reconstructions.png", "traversals.png", "traversals_stage1.png", "samples.png"):
+                 "reconstructions.png", "traversals.png", "traversals_stage1.png", "samples.png",
+                 "samples_stage1.png"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["stage1_steps"] == 3 and config["stage2_minutes"] == 3.5  # flag, then preset
+    assert config["stage1_steps"] == 3 and config["stage2_steps"] == 3 and config["kl_warmup"] == 500
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == {"stage1": 3, "stage2": 3} and metrics["held_out_images"] == 100
     for stage in ("stage1", "full"):
         assert metrics[stage]["bce"] > 0 and metrics[stage]["mse"] > 0
+        assert metrics["nll_bound"][stage]["nats"] > 0
+    assert metrics["nll_bound"]["bound"] == "elbo"
     assert len(metrics["w_kl_per_dim"]) == 2 and 0.0 <= metrics["mig"] <= 1.0
+    samples = metrics["samples"]
+    assert set(samples["frechet_distance"]) == {"stage1", "full"}
+    assert set(samples["coverage_tv"]["full"]) == set(samples["classifier_accuracy"]) == {
+        "shape", "scale", "orientation", "pos_x", "pos_y"}
+    assert set(metrics["w_leak"]["captured"]) | set(metrics["w_leak"]["missed"]) == set(
+        samples["classifier_accuracy"])
+    assert {"stage1", "full", "dims"} <= set(metrics["traversal_fidelity"])
     main(["fit", "--out", str(out), *FIT[:3], "5", *FIT[4:]])  # more stage-2 steps: resumes
     assert json.loads((out / "metrics.json").read_text())["steps"] == {"stage1": 3, "stage2": 5}
 
@@ -54,9 +65,10 @@ def test_fit_eval_traverse_sample(tmp_path, capsys):
 
 def test_fit_with_flow_stage2(tmp_path):
     out = tmp_path / "flow"
-    main(["fit", "--out", str(out), "--stage2", "flow", *FIT[:-2], "--eval-size", "20"])
+    main(["fit", "--out", str(out), "--stage2", "flow", *FIT, "--eval-size", "20"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["full"]["exact_inverse"] and metrics["bits_per_dim"] > 0
+    assert metrics["full"]["exact_inverse"] and "full_over_stage1" not in metrics
+    assert metrics["nll_bound"]["bound"] == "dequantized" and metrics["nll_bound"]["full"]["bits_per_dim"] > 0
 
 
 def test_commands_refuse_a_folder_that_is_not_a_run(tmp_path):

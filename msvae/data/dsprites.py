@@ -45,6 +45,9 @@ SCALES = np.linspace(0.5, 1.0, 6)
 ORIENTATIONS = np.linspace(0.0, 2.0 * np.pi, 40)
 POSITIONS = np.linspace(0.0, 1.0, 32)
 
+# Coarse factor classes (``factor_classes``): what the factor classifier predicts.
+CLASS_SIZES = (3, 6, 10, 8, 8)
+
 MARGIN = 15.0
 SQUARE_HALF_SIDE = 10.0
 ELLIPSE_SEMI_AXES = (10.0, 5.0)
@@ -94,6 +97,19 @@ def index_of(factors) -> np.ndarray:
     """Image indices ``[...]`` (int64) of factor indices ``[..., 5]``."""
     factors = _check_factors(factors)
     return np.ravel_multi_index(tuple(np.moveaxis(factors, -1, 0)), FACTOR_SIZES).astype(np.int64)
+
+
+def factor_classes(factors) -> np.ndarray:
+    """Coarse classes ``[..., 5]`` (int64, sizes ``CLASS_SIZES``) of factor indices ``[..., 5]``:
+    shape (3), scale (6), orientation modulo a quarter turn in 10 bins (a square a quarter turn on
+    is the same image, so only this much of the angle is visible in every image), pos_x and pos_y
+    in 8 bins of 4 grid positions. The factor classifier predicts these, and the sample, traversal
+    and code scores of ``msvae.evaluation`` compare them."""
+    factors = _check_factors(factors)
+    quarter = np.mod(ORIENTATIONS[factors[..., 2]] + 1e-9, np.pi / 2)
+    orientation = np.minimum((quarter / (np.pi / 2) * 10).astype(np.int64), 9)
+    return np.stack([factors[..., 0], factors[..., 1], orientation, factors[..., 3] // 4,
+                     factors[..., 4] // 4], axis=-1).astype(np.int64)
 
 
 def factor_values(factors) -> np.ndarray:
@@ -268,6 +284,8 @@ class DSprites(Dataset):
     factors = staticmethod(factors_of)
     index = staticmethod(index_of)
     factor_values = staticmethod(factor_values)
+    factor_classes = staticmethod(factor_classes)
+    class_sizes = CLASS_SIZES
 
     @staticmethod
     def sample_factors(n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:

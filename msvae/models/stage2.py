@@ -2,12 +2,15 @@
 
 Every stage 2 sees the stage-1 decoder's raw output ``x1`` (logits for a Bernoulli decoder, means
 for a Gaussian one) and its mean image ``x1_mean``, and has a latent ``w`` with a standard normal
-prior, independent of ``z``:
+prior, independent of ``z``. It is trained on ``x1 = dec1(z)`` with ``z ~ q(z | x)`` drawn afresh at
+every step — the kind of ``x1`` it receives when the model samples ``z ~ p(z)`` — so stage 1 and
+stage 2 form the one model ``p(x) = integral p(x | x1(z), w) p(w) p(z) dz dw`` that is sampled.
 
 - ``VAEStage2``: ``q(w | x, x1)`` and ``p(x | x1, w)``; the decoder refines ``x1`` (a U-Net over
   ``x1_mean`` whose output is added to ``x1``), the encoder sees ``x``, ``x1_mean`` and the residual
-  ``x - x1_mean``; free bits and a KL warm-up keep ``w`` in use (a plain conditional VAE learns to
-  copy ``x1`` and lets ``w`` collapse).
+  ``x - x1_mean``. Both start at the identity on stage 1 (``q(w | x, x1) = p(w)``, output ``x1``), so
+  the untrained stage 2 has exactly stage 1's bound. The KL of ``w`` is warmed up and then paid
+  in full (no free-bits floor after the warm-up).
 - ``FlowStage2``: the conditional multi-scale flow ``p(x | x1)`` on dequantised images; ``w`` is the
   flow's base variable (one value per pixel) and reconstruction through it is exact.
 """
@@ -25,9 +28,29 @@ from torch.utils.data import Dataset
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import ConvEncoder, reparameterize
-from msvae.models.training import linear_warmup, random_batches, train_resumably
+from msvae.models.training import kl_penalty, random_batches, train_resumably
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+BOUNDS = ("elbo", "dequantized", None)
+
+
+def log_likelihood(x: Tensor, output: Tensor, likelihood: str) -> Tensor:
+    """``log p(x | output)`` in nats ``[B]`` for a Bernoulli (logits) or unit-variance Gaussian
+    (means, with its normalising constant) decoder."""
+    nll = reconstruction_nll(x, output, likelihood)
+    if likelihood == "gaussian":
+        nll = nll + 0.5 * math.log(2 * math.pi) * x[0].numel()
+    return -nll
+
+
+@torch.no_grad()
+def sampled_stage1_output(stage1: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stage 1 on ``x`` with ``z ~ q(z | x)`` drawn afresh: ``z``, ``x1`` (decoder output), its mean,
+    and ``KL(q(z | x) || p(z))`` per row ``[B]``."""
+    mu, logvar = stage1.encoder(x)
+    z = reparameterize(mu, logvar)
+    x1 = stage1.decoder(z)
+    return z, x1, stage1.mean_output(x1), gaussian_kl(mu, logvar).sum(1)
 
 
 class RefinementDecoder(nn.Module):
@@ -69,12 +92,27 @@ class RefinementDecoder(nn.Module):
 
 
 class SecondStage(nn.Module):
-    """Base of the stage-2 models: training with a frozen stage 1, prior samples of ``w``.
+    """The stage-2 contract, obeyed by every stage 2 (evaluation, CLI and figures use nothing else).
 
-    Subclasses define ``training_loss``, ``encode``, ``generate``, ``w_dim`` and ``config``.
+    ``x1, x1_mean`` are stage 1's decoder output for a code ``z`` and its mean; ``w`` has the prior
+    ``N(0, I)`` of size ``w_dim``. Subclasses define:
+
+    - ``training_loss(x, x1, x1_mean, step) -> (total, terms)``: the objective on one batch;
+    - ``encode(x, x1, x1_mean) -> w [B, w_dim]``: the code of ``x`` (posterior mean or exact inverse);
+    - ``generate(x1, x1_mean, w) -> x``: the data point of ``w`` given ``x1`` (a mean, or a draw);
+    - ``log_likelihood_bound(x, x1, x1_mean) -> dict``: ``"log_likelihood" [B]``, a lower bound on
+      ``log p(x | x1)`` in nats (one Monte Carlo draw of an ELBO or of the dequantisation bound),
+      plus per-row diagnostics (e.g. ``"w_kl" [B, w_dim]``);
+    - ``bound``: which bound that is (``"elbo"``, ``"dequantized"``), or None when the stage has no
+      tractable likelihood (its ``log_likelihood_bound`` then raises ``NotImplementedError``);
+    - ``exact_inverse``: True when ``generate(x1, x1_mean, encode(x, x1, x1_mean))`` is ``x`` by
+      construction (a reconstruction error then says nothing about the model);
+    - ``config``: the constructor's arguments with ``kind`` (``build_stage2`` rebuilds from it).
     """
 
     config: dict
+    bound: str | None = None
+    exact_inverse: bool = False
     max_grad_norm: float | None = None
 
     @property
@@ -84,6 +122,15 @@ class SecondStage(nn.Module):
     def training_loss(self, x: Tensor, x1: Tensor, x1_mean: Tensor,
                       step: int) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_likelihood_bound(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no tractable likelihood")
 
     def sample_w(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` draws ``[n, w_dim]`` of the prior ``N(0, temperature^2 I)``."""
@@ -95,7 +142,8 @@ class SecondStage(nn.Module):
             resume: bool = True, log_every: int = 50, progress: bool = True, seed: int = 0,
             time_limit: float | None = None) -> list[dict]:
         """Trains this stage on random batches of ``data`` with ``stage1`` (a ``DisentangledVAE``)
-        frozen: ``x1`` is its decoder output at the posterior mean of ``z``. Checkpoints to
+        frozen: ``x1`` is its decoder output at ``z ~ q(z | x)``, drawn afresh for every row at
+        every step (``sampled_stage1_output``), as the model is sampled. Checkpoints to
         ``stage2.pt`` in ``checkpoint_dir`` and resumes from it as ``DisentangledVAE.fit`` does.
         Returns the history (``self.history``).
         """
@@ -108,9 +156,7 @@ class SecondStage(nn.Module):
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
-            with torch.no_grad():
-                x1 = stage1.decoder(stage1.encoder(x)[0])
-                x1_mean = stage1.mean_output(x1)
+            _, x1, x1_mean, _ = sampled_stage1_output(stage1, x)
             total, terms = self.training_loss(x, x1, x1_mean, step)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -135,12 +181,15 @@ class VAEStage2(SecondStage):
     Args:
         channels: image channels ``C``; likelihood: the stage-1 decoder's (``"bernoulli"``/``"gaussian"``).
         w_dim: size of ``w``; width, hidden: conv channels and dense width of encoder and decoder.
-        free_bits: nats per dimension of ``w`` below which its batch-mean KL is not penalised.
+        free_bits: a free-bits floor (nats per dimension of ``w``) at the start of training that
+            decays to 0 over ``kl_warmup`` (see ``kl_penalty``); 0 by default.
         kl_warmup: steps over which the KL weight ramps linearly from 0 to 1.
     """
 
+    bound = "elbo"
+
     def __init__(self, channels: int = 1, w_dim: int = 16, width: int = 32, hidden: int = 256,
-                 likelihood: str = "bernoulli", free_bits: float = 0.5, kl_warmup: int = 1000):
+                 likelihood: str = "bernoulli", free_bits: float = 0.0, kl_warmup: int = 1000):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -153,6 +202,8 @@ class VAEStage2(SecondStage):
         self.w_dim, self.likelihood = w_dim, likelihood
         self.free_bits, self.kl_warmup = free_bits, kl_warmup
         self.encoder = ConvEncoder(w_dim, 3 * channels, width, hidden)
+        nn.init.zeros_(self.encoder.head[-1].weight)  # q(w | x, x1) starts as the prior
+        nn.init.zeros_(self.encoder.head[-1].bias)
         self.decoder = RefinementDecoder(w_dim, channels, width, hidden)
         self.history: list[dict] = []
 
@@ -166,14 +217,22 @@ class VAEStage2(SecondStage):
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
     def training_loss(self, x, x1, x1_mean, step):
-        """Negative ELBO with free bits and KL warm-up; terms: loss, recon, kl (nats per image)."""
+        """Negative ELBO with the KL warm-up (``kl_penalty``); terms: loss, recon, kl (nats per image)."""
         mu, logvar = self.posterior(x, x1_mean)
         output = self.decoder(x1, x1_mean, reparameterize(mu, logvar))
         recon = reconstruction_nll(x, output, self.likelihood).mean()
         kl_per_dim = gaussian_kl(mu, logvar).mean(0)
-        penalised = kl_per_dim.clamp(min=self.free_bits).sum()
-        total = recon + linear_warmup(step, self.kl_warmup) * penalised
+        total = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
         return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """The ELBO ``E_q[log p(x | x1, w)] - KL(q(w | x, x1) || p(w))`` (one draw of ``w``) ``[B]``
+        and the KL per dimension ``w_kl [B, w_dim]``."""
+        mu, logvar = self.posterior(x, x1_mean)
+        output = self.decoder(x1, x1_mean, reparameterize(mu, logvar))
+        kl = gaussian_kl(mu, logvar)
+        return {"log_likelihood": log_likelihood(x, output, self.likelihood) - kl.sum(1), "w_kl": kl}
 
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
@@ -197,6 +256,8 @@ class FlowStage2(SecondStage):
     """
 
     max_grad_norm = 100.0
+    bound = "dequantized"
+    exact_inverse = True
 
     def __init__(self, channels: int = 1, size: int = 64, levels: int = 3, steps: int = 4,
                  hidden: int = 64, context_hidden: int = 32, coupling: str = "affine", bins: int = 8,
@@ -223,6 +284,12 @@ class FlowStage2(SecondStage):
         log_p = self.log_prob(x, x1_mean)
         total = -log_p.mean()
         return total, {"loss": total, "bits_per_dim": total / (x[0].numel() * math.log(2))}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """``log p(x + u | x1)`` with uniform dequantisation noise ``u`` (one draw): its expectation
+        is a lower bound on the discrete image's ``log P(x | x1)`` ``[B]``."""
+        return {"log_likelihood": self.log_prob(x, x1_mean)}
 
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from msvae.losses import BetaTCVAELoss, gaussian_kl
 from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
-from msvae.models.training import linear_warmup, load_checkpoint, save_checkpoint
+from msvae.models.training import kl_penalty, load_checkpoint, save_checkpoint
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 
@@ -85,8 +85,11 @@ class MixedLikelihood(nn.Module):
 
 
 class _TabularStage2(SecondStage):
-    """Shared by the tabular stage 2s: dequantisation of the discrete entries (``discrete`` marks
-    them), the conditioning on stage 1's raw output ``x1`` (``x1_mean`` is the same for tables)."""
+    """Shared by the tabular flow and mixture: dequantisation of the discrete entries (``discrete``
+    marks them), the conditioning on stage 1's raw output ``x1`` (``x1_mean`` is the same for
+    tables); the bound is the density ``log_prob(y, x1)`` of the dequantised row."""
+
+    bound = "dequantized"
 
     def __init__(self, discrete: list[bool]):
         super().__init__()
@@ -100,6 +103,19 @@ class _TabularStage2(SecondStage):
 
     def quantize(self, y: Tensor) -> Tensor:
         return torch.where(self.discrete, y.clamp(0, 1.999).floor(), y)
+
+    def log_prob(self, y: Tensor, x1: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """Negative log-density of the dequantised row, nats per row."""
+        total = -self.log_prob(self.dequantize(x), x1).mean()
+        return total, {"loss": total}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """``log p(x + u | x1)`` with uniform noise ``u`` on the discrete entries (one draw) ``[B]``."""
+        return {"log_likelihood": self.log_prob(self.dequantize(x), x1)}
 
 
 class TabularFlowStage2(_TabularStage2):
@@ -115,10 +131,8 @@ class TabularFlowStage2(_TabularStage2):
         self.flow = ConditionalFlow.spline(self.features, self.features, layers, hidden, bins, tail_bound)
         self.w_dim = self.features
 
-    def training_loss(self, x, x1, x1_mean, step):
-        """Negative log-density of the dequantised row, nats per row."""
-        total = -self.flow.log_prob(self.dequantize(x), x1).mean()
-        return total, {"loss": total}
+    def log_prob(self, y: Tensor, x1: Tensor) -> Tensor:
+        return self.flow.log_prob(y, x1)
 
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
@@ -154,10 +168,6 @@ class TabularMixtureStage2(_TabularStage2):
         log_normal = (-0.5 * z.square() - log_scale - 0.5 * math.log(2 * math.pi)).sum(2)
         return torch.logsumexp(log_pi + log_normal, 1)
 
-    def training_loss(self, x, x1, x1_mean, step):
-        total = -self.log_prob(self.dequantize(x), x1).mean()
-        return total, {"loss": total}
-
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
         y = self.dequantize(x, midpoint=True)
@@ -178,12 +188,15 @@ class TabularMixtureStage2(_TabularStage2):
 class TabularVAEStage2(SecondStage):
     """Conditional VAE stage 2 for rows: ``q(w | x, x1)``, ``p(x | x1, w) = MixedLikelihood(x1 + g(x1, w))``.
 
-    ``g`` is an MLP whose last layer starts at zero, so the untrained stage 2 is stage 1's own
-    likelihood; free bits (nats per dimension of ``w``) and a KL warm-up (steps) keep ``w`` in use.
-    ``spans``: the transformer's ``Span`` rows (or lists ``[column, kind, start, size]``).
+    ``g`` is an MLP whose last layer starts at zero and ``q(w | x, x1)`` starts as the prior, so the
+    untrained stage 2 has exactly stage 1's bound; the KL of ``w`` is warmed up over ``kl_warmup``
+    steps and then paid in full (``free_bits``: an initial floor that decays to 0, see
+    ``kl_penalty``). ``spans``: the transformer's ``Span`` rows (or lists ``[column, kind, start, size]``).
     """
 
-    def __init__(self, spans, w_dim: int = 16, hidden: int = 256, free_bits: float = 0.1,
+    bound = "elbo"
+
+    def __init__(self, spans, w_dim: int = 16, hidden: int = 256, free_bits: float = 0.0,
                  kl_warmup: int = 500):
         super().__init__()
         spans = [Span(*span) for span in spans]
@@ -194,21 +207,29 @@ class TabularVAEStage2(SecondStage):
         self.likelihood = MixedLikelihood(spans)
         self.encoder = MLPEncoder(2 * features, w_dim, (hidden, hidden))
         self.decoder = MLPDecoder(features + w_dim, features, (hidden, hidden))
-        last = self.decoder.net[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        for last in (self.encoder.net[-1], self.decoder.net[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.history: list[dict] = []
 
     def output(self, x1: Tensor, w: Tensor) -> Tensor:
         return x1 + self.decoder(torch.cat([x1, w], 1))
 
     def training_loss(self, x, x1, x1_mean, step):
-        """Negative ELBO with free bits and KL warm-up; terms: loss, recon, kl (nats per row)."""
+        """Negative ELBO with the KL warm-up (``kl_penalty``); terms: loss, recon, kl (nats per row)."""
         mu, logvar = self.encoder(torch.cat([x, x1], 1))
         recon = self.likelihood(x, self.output(x1, reparameterize(mu, logvar))).mean()
         kl_per_dim = gaussian_kl(mu, logvar).mean(0)
-        total = recon + linear_warmup(step, self.kl_warmup) * kl_per_dim.clamp(min=self.free_bits).sum()
+        total = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
         return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """The ELBO (one draw of ``w``) ``[B]`` and the KL per dimension ``w_kl [B, w_dim]``."""
+        mu, logvar = self.encoder(torch.cat([x, x1], 1))
+        kl = gaussian_kl(mu, logvar)
+        nll = self.likelihood(x, self.output(x1, reparameterize(mu, logvar)))
+        return {"log_likelihood": -nll - kl.sum(1), "w_kl": kl}
 
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:

@@ -61,6 +61,16 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
+def kl_penalty(kl_per_dim: Tensor, step: int, free_bits: float, warmup_steps: int) -> Tensor:
+    """The KL term of a stage-2 ELBO at ``step``: weight ``linear_warmup(step, warmup_steps)`` on
+    the batch-mean KL per dimension ``kl_per_dim [w_dim]``, each floored at a free-bits level that
+    decays linearly from ``free_bits`` to 0 over the same steps. After the warm-up the KL is paid in
+    full (weight 1, no floor): the objective is the ELBO of the model that is sampled."""
+    ramp = linear_warmup(step, warmup_steps)
+    floor = free_bits * (1.0 - ramp)
+    return ramp * (kl_per_dim.clamp(min=floor) if floor > 0 else kl_per_dim).sum()
+
+
 def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | os.PathLike | None,
                     resume: bool, states: dict, settings: dict, generator: torch.Generator,
                     history: list[dict], steps: int, time_limit: float | None = None,

@@ -1,0 +1,154 @@
+"""The stage-2 contract and coherence: every stage 2 obeys one interface, trains on sampled codes,
+pays for ``w`` in full, and starts as exactly stage 1."""
+import math
+
+import pytest
+import torch
+
+from conftest import toy_images
+from msvae.data.tabular import Span
+from msvae.evaluation import encode_images, reconstruction_summary
+from msvae.models import (MultiStageModel, SecondStage, TabularFlowStage2, TabularMixtureStage2,
+                          TabularVAEStage2, build_stage2)
+from msvae.models.stage2 import BOUNDS, log_likelihood, sampled_stage1_output
+from msvae.models.stage1 import DisentangledVAE
+from msvae.models.training import kl_penalty
+
+SMALL = {"width": 8, "hidden": 32}
+SPANS = [Span("a", "scalar", 0, 1), Span("b", "softmax", 1, 3), Span("c", "binary", 4, 1)]
+DISCRETE = [False, True, True, True, True]
+
+
+def image_model(kind):
+    options = ({"w_dim": 4, "kl_warmup": 0} if kind == "vae" else
+               {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2})
+    return MultiStageModel.for_images(3, stage2=kind, stage1_options=SMALL, **options)
+
+
+def tabular_rows(n=6):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.zeros(n, 5)
+    rows[:, 0] = torch.randn(n, generator=g)
+    rows[torch.arange(n), 1 + torch.randint(3, (n,), generator=g)] = 1.0
+    rows[:, 4] = torch.randint(2, (n,), generator=g).float()
+    return rows
+
+
+def stage2_cases():
+    """(stage 2, x, x1, x1_mean, rebuild) for every stage-2 class."""
+    cases = []
+    for kind in ("vae", "flow"):
+        model = image_model(kind)
+        x = toy_images(3)
+        _, x1, x1_mean, _ = sampled_stage1_output(model.stage1, x)
+        cases.append(pytest.param(model.stage2, x, x1, x1_mean, build_stage2, id=f"image-{kind}"))
+    x = tabular_rows()
+    x1 = torch.randn(6, 5)
+    for stage2 in (TabularVAEStage2(SPANS, w_dim=3, hidden=8), TabularFlowStage2(DISCRETE, layers=2, hidden=8),
+                   TabularMixtureStage2(DISCRETE, components=3, hidden=8)):
+        def rebuild(config, cls=type(stage2)):
+            return cls(**{k: v for k, v in config.items() if k != "kind"})
+        cases.append(pytest.param(stage2, x, x1, x1, rebuild, id=f"table-{stage2.config['kind']}"))
+    return cases
+
+
+@pytest.mark.parametrize("stage2, x, x1, x1_mean, rebuild", stage2_cases())
+def test_every_stage2_obeys_the_contract(stage2, x, x1, x1_mean, rebuild):
+    assert isinstance(stage2, SecondStage) and stage2.bound in BOUNDS
+    stage2.eval()
+    w = stage2.encode(x, x1, x1_mean)
+    assert w.shape == (len(x), stage2.w_dim) and bool(torch.isfinite(w).all())
+    assert stage2.generate(x1, x1_mean, w).shape == x.shape
+    assert stage2.sample_w(5).shape == (5, stage2.w_dim)
+    terms = stage2.log_likelihood_bound(x, x1, x1_mean)
+    assert terms["log_likelihood"].shape == (len(x),) and bool(torch.isfinite(terms["log_likelihood"]).all())
+    if stage2.exact_inverse:
+        torch.testing.assert_close(stage2.generate(x1, x1_mean, w), x)
+    total, loss_terms = stage2.training_loss(x, x1, x1_mean, step=10 ** 6)
+    assert total.dim() == 0 and "loss" in loss_terms
+    copy = rebuild(stage2.config)
+    copy.load_state_dict(stage2.state_dict())
+    torch.testing.assert_close(copy.eval().encode(x, x1, x1_mean), w)
+
+
+def test_a_stage2_without_a_likelihood_says_so():
+    class Implicit(SecondStage):
+        w_dim = 2
+
+    with pytest.raises(NotImplementedError, match="Implicit has no tractable likelihood"):
+        Implicit().log_likelihood_bound(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def test_stage2_trains_on_codes_sampled_from_the_posterior():
+    """One image repeated: with the posterior mean every row of a batch would get the same ``x1``;
+    sampled codes give each row its own, exactly ``dec1(mu + sigma * eps)``."""
+    model = image_model("vae")
+    with torch.no_grad():  # a wide posterior, so samples differ visibly from the mean
+        model.stage1.encoder.head[-1].bias[3:] = 2.0
+    data = toy_images(1).repeat(8, 1, 1, 1)
+    seen = []
+    original = model.stage2.training_loss
+
+    def recording(x, x1, x1_mean, step):
+        seen.append(x1.clone())
+        return original(x, x1, x1_mean, step)
+
+    model.stage2.training_loss = recording
+    model.stage2.fit(model.stage1, data, steps=2, batch_size=8, progress=False, seed=5)
+    with torch.no_grad():
+        mu, logvar = model.stage1.encoder(data)
+        at_mean = model.stage1.decoder(mu)
+    for x1 in seen:
+        assert (x1 - at_mean).abs().max() > 1e-3  # not the mean code
+        assert (x1[1:] - x1[:1]).abs().amax((1, 2, 3)).min() > 1e-4  # a fresh draw per row
+    # The exact draw: fit seeds torch with its seed, then draws eps for the batch.
+    torch.manual_seed(5)
+    eps = torch.randn_like(mu)
+    with torch.no_grad():
+        expected = model.stage1.decoder(mu + eps * (0.5 * logvar).exp())
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_kl_penalty_warms_up_and_ends_paid_in_full():
+    kl = torch.tensor([0.05, 0.3, 2.0])
+    assert float(kl_penalty(kl, 0, free_bits=0.5, warmup_steps=10)) == 0.0
+    # half way: weight 0.5, floor 0.25 nats per dimension
+    assert float(kl_penalty(kl, 5, 0.5, 10)) == pytest.approx(0.5 * (0.25 + 0.3 + 2.0))
+    for step in (10, 11, 1000):  # after the warm-up: weight 1, no floor
+        assert float(kl_penalty(kl, step, 0.5, 10)) == pytest.approx(float(kl.sum()))
+    assert float(kl_penalty(kl, 0, 0.5, 0)) == pytest.approx(float(kl.sum()))
+
+
+def test_untrained_vae_stage2_has_exactly_stage1s_bound():
+    model = image_model("vae").eval()
+    x = toy_images(6)
+    _, x1, x1_mean, _ = sampled_stage1_output(model.stage1, x)
+    terms = model.stage2.log_likelihood_bound(x, x1, x1_mean)
+    torch.testing.assert_close(terms["log_likelihood"], log_likelihood(x, x1, "bernoulli"))
+    assert float(terms["w_kl"].abs().max()) == 0.0
+    encoded = encode_images(model, lambda i: x[torch.as_tensor(i)], torch.arange(6).numpy())
+    torch.testing.assert_close(encoded["nll_full"], encoded["nll_stage1"])  # same z draw for both
+    summary = reconstruction_summary(encoded, model.stage2)
+    assert summary["nll_bound"]["full_over_stage1"] == pytest.approx(1.0)
+    assert summary["nll_bound"]["stage1"]["bits_per_dim"] == pytest.approx(
+        summary["nll_bound"]["stage1"]["nats"] / (64 * 64 * math.log(2)))
+
+    tabular = TabularVAEStage2(SPANS, w_dim=3, hidden=8)
+    rows, x1 = tabular_rows(), torch.randn(6, 5)
+    torch.testing.assert_close(tabular.log_likelihood_bound(rows, x1, x1)["log_likelihood"],
+                               -tabular.likelihood(rows, x1))
+
+
+def test_nll_bound_is_stage1s_negative_elbo():
+    """``nll_stage1`` is ``-log p1(x | z) + KL(q(z | x) || p(z))`` at one seeded draw ``z``."""
+    stage1 = DisentangledVAE.for_images(3, **SMALL).eval()
+    x = toy_images(4)
+    encoded = encode_images(stage1, lambda i: x[torch.as_tensor(i)], torch.arange(4).numpy(), seed=7)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        mu, logvar = stage1.encoder(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(stage1.decoder(z), x, reduction="none")
+        kl = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1)
+    torch.testing.assert_close(encoded["nll_stage1"], bce.flatten(1).sum(1) + kl.sum(1))
+    assert "nll_full" not in encoded
