@@ -247,7 +247,10 @@ def dsprites_factor_classifier(dataset, train_indices: np.ndarray, test_indices:
     settings = {"dataset": "dsprites" if dataset.path is None else f"dsprites:{dataset.path}",
                 "train": _digest(train_indices), "test": _digest(test),
                 "steps": steps, "seed": seed}
-    classes_of = lambda indices: dataset.factor_classes(dataset.factors(indices))  # noqa: E731
+
+    def classes_of(indices: np.ndarray) -> np.ndarray:
+        return dataset.factor_classes(dataset.factors(indices))
+
     return cached_factor_classifier("dsprites", settings, lambda: train_factor_classifier(
         dataset.images, classes_of, dataset.class_sizes, train_indices, test, steps=steps,
         seed=seed, progress=progress))
