@@ -37,12 +37,14 @@ PRESETS = {
     "quick": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
-                  stage2_minutes=None, free_bits=0.0, kl_warmup=500, eval_size=2000),
+                  stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
+                  eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
-                  stage2_minutes=None, free_bits=0.0, kl_warmup=5000, eval_size=10_000),
+                  stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
+                  eval_size=10_000),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
@@ -150,7 +152,8 @@ def fit(args: argparse.Namespace) -> dict:
     torch.set_num_threads(config.get("threads") or torch.get_num_threads())
     dataset, train_idx, test_idx, eval_idx = _data(config)
     stage2_options = (dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
-                           kl_warmup=config["kl_warmup"]) if config["stage2"] == "vae" else FLOW_OPTIONS)
+                           kl_warmup=config["kl_warmup"], encoder=config["w_encoder"])
+                      if config["stage2"] == "vae" else FLOW_OPTIONS)
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
                                        **stage2_options).to(config["device"])
     started = time.monotonic()
@@ -281,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--w-dim", type=int, default=None, help="size of w (VAE stage 2)")
     f.add_argument("--free-bits", type=float, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
     f.add_argument("--kl-warmup", type=int, default=None, help="steps of linear warm-up of w's KL")
+    f.add_argument("--w-encoder", choices=["dense", "pooled"], default=None,
+                   help="q(w | x, x1): dense head over the conv map, or a global max over positions")
     f.add_argument("--stage2-lr", type=float, default=None)
     f.add_argument("--classifier-steps", type=int, default=CLASSIFIER_STEPS,
                    help="training steps of the factor classifier that scores samples (cached)")

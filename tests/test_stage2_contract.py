@@ -19,8 +19,8 @@ SPANS = [Span("a", "scalar", 0, 1), Span("b", "softmax", 1, 3), Span("c", "binar
 DISCRETE = [False, True, True, True, True]
 
 
-def image_model(kind):
-    options = ({"w_dim": 4, "kl_warmup": 0} if kind == "vae" else
+def image_model(kind, **options):
+    options = ({"w_dim": 4, "kl_warmup": 0, **options} if kind == "vae" else
                {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2})
     return MultiStageModel.for_images(3, stage2=kind, stage1_options=SMALL, **options)
 
@@ -37,11 +37,12 @@ def tabular_rows(n=6):
 def stage2_cases():
     """(stage 2, x, x1, x1_mean, rebuild) for every stage-2 class."""
     cases = []
-    for kind in ("vae", "flow"):
-        model = image_model(kind)
+    for kind, options in (("vae", {"encoder": "dense"}), ("vae", {"encoder": "pooled"}), ("flow", {})):
+        model = image_model(kind, **options)
         x = toy_images(3)
         _, x1, x1_mean, _ = sampled_stage1_output(model.stage1, x)
-        cases.append(pytest.param(model.stage2, x, x1, x1_mean, build_stage2, id=f"image-{kind}"))
+        name = "-".join(["image", kind, *options.values()])
+        cases.append(pytest.param(model.stage2, x, x1, x1_mean, build_stage2, id=name))
     x = tabular_rows()
     x1 = torch.randn(6, 5)
     for stage2 in (TabularVAEStage2(SPANS, w_dim=3, hidden=8), TabularFlowStage2(DISCRETE, layers=2, hidden=8),
@@ -152,3 +153,21 @@ def test_nll_bound_is_stage1s_negative_elbo():
         kl = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1)
     torch.testing.assert_close(encoded["nll_stage1"], bce.flatten(1).sum(1) + kl.sum(1))
     assert "nll_full" not in encoded
+
+
+def test_pooled_w_encoder_does_not_see_where_the_object_is():
+    """Shifted by a multiple of its stride (8 px), away from the borders, an image gets the same
+    ``q(w | x, x1)``: ``w`` cannot copy the position that ``z`` gives."""
+    from msvae.models import VAEStage2
+
+    stage2 = VAEStage2(w_dim=4, width=8, hidden=16, encoder="pooled")
+    torch.nn.init.normal_(stage2.encoder.head[-1].weight)  # not the prior: a real map
+    x = torch.zeros(2, 1, 64, 64)
+    x[0, 0, 24:32, 24:30] = 1.0
+    x[1, 0, 32:40, 32:38] = 1.0  # the same shape, 8 px down and right
+    x1_mean = torch.full_like(x, 0.1)
+    mu, logvar = stage2.posterior(x, x1_mean)
+    torch.testing.assert_close(mu[0], mu[1])
+    torch.testing.assert_close(logvar[0], logvar[1])
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        VAEStage2(encoder="attention")

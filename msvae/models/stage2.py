@@ -8,7 +8,8 @@ stage 2 form the one model ``p(x) = integral p(x | x1(z), w) p(w) p(z) dz dw`` t
 
 - ``VAEStage2``: ``q(w | x, x1)`` and ``p(x | x1, w)``; the decoder refines ``x1`` (a U-Net over
   ``x1_mean`` whose output is added to ``x1``), the encoder sees ``x``, ``x1_mean`` and the residual
-  ``x - x1_mean``. Both start at the identity on stage 1 (``q(w | x, x1) = p(w)``, output ``x1``), so
+  ``x - x1_mean`` through a translation-invariant network (``PooledConvEncoder``). Both start at
+  the identity on stage 1 (``q(w | x, x1) = p(w)``, output ``x1``), so
   the untrained stage 2 has exactly stage 1's bound. The KL of ``w`` is warmed up and then paid
   in full (no free-bits floor after the warm-up).
 - ``FlowStage2``: the conditional multi-scale flow ``p(x | x1)`` on dequantised images; ``w`` is the
@@ -89,6 +90,30 @@ class RefinementDecoder(nn.Module):
             if i < 3:
                 h = F.relu(h + shifts[:, i])
         return x1 + h
+
+
+class PooledConvEncoder(nn.Module):
+    """An encoder blind to where things are: 3 stride-2 convolutions (64 -> 8) and a 3x3 one, a
+    global max over positions, then two dense layers -> ``(mu, logvar) [B, latent_dim]``. For
+    ``q(w | x, x1)``: what ``w`` should add to stage 1 (shape, detail) does not depend on the
+    position ``z`` already gives, so a translation-invariant encoder cannot copy it into ``w``."""
+
+    def __init__(self, latent_dim: int, channels: int, width: int = 32, hidden: int = 256):
+        super().__init__()
+        layers, c = [], channels
+        for out, stride, kernel in ((width, 2, 4), (width, 2, 4), (2 * width, 2, 4), (2 * width, 1, 3)):
+            layers += [nn.Conv2d(c, out, kernel, stride, 1), nn.ReLU()]
+            c = out
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.head(self.convs(x).amax((2, 3))).chunk(2, dim=1)
+        return mu, logvar
+
+
+ENCODERS = {"dense": ConvEncoder, "pooled": PooledConvEncoder}
 
 
 class SecondStage(nn.Module):
@@ -184,12 +209,16 @@ class VAEStage2(SecondStage):
         free_bits: a free-bits floor (nats per dimension of ``w``) at the start of training that
             decays to 0 over ``kl_warmup`` (see ``kl_penalty``); 0 by default.
         kl_warmup: steps over which the KL weight ramps linearly from 0 to 1.
+        encoder: ``q(w | x, x1)``'s network: ``"pooled"`` (``PooledConvEncoder``, blind to position;
+            on the quick dSprites preset it gave a better bound, sharper reconstructions and less
+            position in ``w`` than ``"dense"``, the ``ConvEncoder`` of stage 1).
     """
 
     bound = "elbo"
 
     def __init__(self, channels: int = 1, w_dim: int = 16, width: int = 32, hidden: int = 256,
-                 likelihood: str = "bernoulli", free_bits: float = 0.0, kl_warmup: int = 1000):
+                 likelihood: str = "bernoulli", free_bits: float = 0.0, kl_warmup: int = 1000,
+                 encoder: str = "pooled"):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -197,11 +226,14 @@ class VAEStage2(SecondStage):
             raise ValueError(f"w_dim must be >= 1, got {w_dim}")
         if free_bits < 0 or kl_warmup < 0:
             raise ValueError(f"free_bits and kl_warmup must be >= 0, got {free_bits}, {kl_warmup}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {tuple(ENCODERS)}, got {encoder!r}")
         self.config = dict(kind="vae", channels=channels, w_dim=w_dim, width=width, hidden=hidden,
-                           likelihood=likelihood, free_bits=free_bits, kl_warmup=kl_warmup)
+                           likelihood=likelihood, free_bits=free_bits, kl_warmup=kl_warmup,
+                           encoder=encoder)
         self.w_dim, self.likelihood = w_dim, likelihood
         self.free_bits, self.kl_warmup = free_bits, kl_warmup
-        self.encoder = ConvEncoder(w_dim, 3 * channels, width, hidden)
+        self.encoder = ENCODERS[encoder](w_dim, 3 * channels, width, hidden)
         nn.init.zeros_(self.encoder.head[-1].weight)  # q(w | x, x1) starts as the prior
         nn.init.zeros_(self.encoder.head[-1].bias)
         self.decoder = RefinementDecoder(w_dim, channels, width, hidden)
