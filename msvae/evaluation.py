@@ -57,11 +57,11 @@ def encode_images(model, load_images: Callable[[np.ndarray], Tensor], indices: n
         torch.manual_seed(seed)
         for start in range(0, len(indices), batch_size):
             x = load_images(indices[start:start + batch_size]).to(stage1.device)
-            mu, logvar = stage1.encoder(x)
+            mu, logvar, x1, x1_mean = sampled_stage1_output(stage1, x)
             output = stage1.decoder(mu)
             mean = stage1.mean_output(output)
             row = {"mu": mu, "logvar": logvar, **dict(zip(("bce", "mse"), _errors(x, mean)))}
-            _, x1, x1_mean, kl_z = sampled_stage1_output(stage1, x)
+            kl_z = gaussian_kl(mu, logvar).sum(1)
             row["nll_stage1"] = -log_likelihood(x, x1, stage1.likelihood) + kl_z
             if stage2 is not None:
                 row["w"] = stage2.encode(x, output, mean)
@@ -193,9 +193,9 @@ def sample_report(model, classifier, images: Tensor, names, class_sizes, seed: i
         torch.manual_seed(seed)
         for start in range(0, len(images), batch_size):
             n = min(batch_size, len(images) - start)
-            z = torch.randn(n, stage1.latent_dim, device=stage1.device)
-            samples["stage1"].append(model.stage1_output(z)[1].cpu())
-            samples["full"].append(model.sample(n, z=z).cpu())
+            x1, x1_mean = model.stage1_output(torch.randn(n, stage1.latent_dim, device=stage1.device))
+            samples["stage1"].append(x1_mean.cpu())
+            samples["full"].append(model.stage2.generate(x1, x1_mean, model.stage2.sample_w(n)).cpu())
     report: dict = {"frechet_distance": {}, "coverage_tv": {}}
     for stage, chunks in samples.items():
         feats, classes = classifier.embed(torch.cat(chunks))
@@ -216,7 +216,7 @@ def traversal_report(model, classifier, images: Tensor, mu: Tensor, factors: np.
     with on the held-out codes ``mu [N, D]`` and ``factors [N, K]``. The full model's sweeps hold
     ``w`` at the base image's code. ``dims``: the factor each active latent stands for.
     """
-    nmi = normalized_mutual_info(mu, factors)
+    stands_for = normalized_mutual_info(mu, factors).argmax(1)
     active = [k for k in range(mu.shape[1]) if kl_per_dim[k] > ACTIVE_KL]
     if not active:
         return {"stage1": None, "full": None, "dims": {}}
@@ -229,10 +229,10 @@ def traversal_report(model, classifier, images: Tensor, mu: Tensor, factors: np.
             sweep_codes = sweep(codes[i], k, values)
             classes["stage1"].append(classifier.embed(model.stage1_output(sweep_codes)[1])[1])
             classes["full"].append(classifier.embed(model.decode(sweep_codes, w[i:i + 1].expand(steps, -1)))[1])
-            own.append(int(nmi[k].argmax()))
+            own.append(int(stands_for[k]))
     report = {stage: metrics.traversal_fidelity(np.stack(c), np.array(own))["score"]
               for stage, c in classes.items()}
-    report["dims"] = {str(k): names[int(nmi[k].argmax())] for k in active}
+    report["dims"] = {str(k): names[int(stands_for[k])] for k in active}
     return report
 
 

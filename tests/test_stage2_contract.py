@@ -40,7 +40,7 @@ def stage2_cases():
     for kind, options in (("vae", {"encoder": "dense"}), ("vae", {"encoder": "pooled"}), ("flow", {})):
         model = image_model(kind, **options)
         x = toy_images(3)
-        _, x1, x1_mean, _ = sampled_stage1_output(model.stage1, x)
+        _, _, x1, x1_mean = sampled_stage1_output(model.stage1, x)
         name = "-".join(["image", kind, *options.values()])
         cases.append(pytest.param(model.stage2, x, x1, x1_mean, build_stage2, id=name))
     x = tabular_rows()
@@ -123,7 +123,7 @@ def test_kl_penalty_warms_up_and_ends_paid_in_full():
 def test_untrained_vae_stage2_has_exactly_stage1s_bound():
     model = image_model("vae").eval()
     x = toy_images(6)
-    _, x1, x1_mean, _ = sampled_stage1_output(model.stage1, x)
+    _, _, x1, x1_mean = sampled_stage1_output(model.stage1, x)
     terms = model.stage2.log_likelihood_bound(x, x1, x1_mean)
     torch.testing.assert_close(terms["log_likelihood"], log_likelihood(x, x1, "bernoulli"))
     assert float(terms["w_kl"].abs().max()) == 0.0

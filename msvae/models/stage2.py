@@ -46,12 +46,11 @@ def log_likelihood(x: Tensor, output: Tensor, likelihood: str) -> Tensor:
 
 @torch.no_grad()
 def sampled_stage1_output(stage1: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stage 1 on ``x`` with ``z ~ q(z | x)`` drawn afresh: ``z``, ``x1`` (decoder output), its mean,
-    and ``KL(q(z | x) || p(z))`` per row ``[B]``."""
+    """Stage 1 on ``x`` with ``z ~ q(z | x)`` drawn afresh: the posterior ``mu, logvar [B, D]``,
+    ``x1`` (the decoder output at the drawn ``z``) and its mean."""
     mu, logvar = stage1.encoder(x)
-    z = reparameterize(mu, logvar)
-    x1 = stage1.decoder(z)
-    return z, x1, stage1.mean_output(x1), gaussian_kl(mu, logvar).sum(1)
+    x1 = stage1.decoder(reparameterize(mu, logvar))
+    return mu, logvar, x1, stage1.mean_output(x1)
 
 
 class RefinementDecoder(nn.Module):
@@ -181,7 +180,7 @@ class SecondStage(nn.Module):
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
-            _, x1, x1_mean, _ = sampled_stage1_output(stage1, x)
+            _, _, x1, x1_mean = sampled_stage1_output(stage1, x)
             total, terms = self.training_loss(x, x1, x1_mean, step)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -248,12 +247,16 @@ class VAEStage2(SecondStage):
     def mean_output(self, output: Tensor) -> Tensor:
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
+    def _posterior_draw(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder output at one ``w ~ q(w | x, x1)`` and the KL per dimension ``[B, w_dim]``."""
+        mu, logvar = self.posterior(x, x1_mean)
+        return self.decoder(x1, x1_mean, reparameterize(mu, logvar)), gaussian_kl(mu, logvar)
+
     def training_loss(self, x, x1, x1_mean, step):
         """Negative ELBO with the KL warm-up (``kl_penalty``); terms: loss, recon, kl (nats per image)."""
-        mu, logvar = self.posterior(x, x1_mean)
-        output = self.decoder(x1, x1_mean, reparameterize(mu, logvar))
+        output, kl = self._posterior_draw(x, x1, x1_mean)
         recon = reconstruction_nll(x, output, self.likelihood).mean()
-        kl_per_dim = gaussian_kl(mu, logvar).mean(0)
+        kl_per_dim = kl.mean(0)
         total = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
         return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
 
@@ -261,9 +264,7 @@ class VAEStage2(SecondStage):
     def log_likelihood_bound(self, x, x1, x1_mean):
         """The ELBO ``E_q[log p(x | x1, w)] - KL(q(w | x, x1) || p(w))`` (one draw of ``w``) ``[B]``
         and the KL per dimension ``w_kl [B, w_dim]``."""
-        mu, logvar = self.posterior(x, x1_mean)
-        output = self.decoder(x1, x1_mean, reparameterize(mu, logvar))
-        kl = gaussian_kl(mu, logvar)
+        output, kl = self._posterior_draw(x, x1, x1_mean)
         return {"log_likelihood": log_likelihood(x, output, self.likelihood) - kl.sum(1), "w_kl": kl}
 
     @torch.no_grad()

@@ -215,20 +215,22 @@ class TabularVAEStage2(SecondStage):
     def output(self, x1: Tensor, w: Tensor) -> Tensor:
         return x1 + self.decoder(torch.cat([x1, w], 1))
 
+    def _posterior_draw(self, x: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+        """``-log p(x | x1, w)`` ``[B]`` at one ``w ~ q(w | x, x1)`` and the KL per dimension ``[B, w_dim]``."""
+        mu, logvar = self.encoder(torch.cat([x, x1], 1))
+        return self.likelihood(x, self.output(x1, reparameterize(mu, logvar))), gaussian_kl(mu, logvar)
+
     def training_loss(self, x, x1, x1_mean, step):
         """Negative ELBO with the KL warm-up (``kl_penalty``); terms: loss, recon, kl (nats per row)."""
-        mu, logvar = self.encoder(torch.cat([x, x1], 1))
-        recon = self.likelihood(x, self.output(x1, reparameterize(mu, logvar))).mean()
-        kl_per_dim = gaussian_kl(mu, logvar).mean(0)
+        nll, kl = self._posterior_draw(x, x1)
+        recon, kl_per_dim = nll.mean(), kl.mean(0)
         total = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
         return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
 
     @torch.no_grad()
     def log_likelihood_bound(self, x, x1, x1_mean):
         """The ELBO (one draw of ``w``) ``[B]`` and the KL per dimension ``w_kl [B, w_dim]``."""
-        mu, logvar = self.encoder(torch.cat([x, x1], 1))
-        kl = gaussian_kl(mu, logvar)
-        nll = self.likelihood(x, self.output(x1, reparameterize(mu, logvar)))
+        nll, kl = self._posterior_draw(x, x1)
         return {"log_likelihood": -nll - kl.sum(1), "w_kl": kl}
 
     @torch.no_grad()
