@@ -61,7 +61,7 @@ for seed in args.seeds:
         started = time.monotonic()
         model.fit(train, discrete_columns=list(d))
         seconds = time.monotonic() - started
-        print(json.dumps(score(name, seed, model.sample(len(train)), seconds)), flush=True)
+        print(json.dumps(score(name, seed, model.sample(len(train), **({"seed": seed} if name == "msvae" else {})), seconds)), flush=True)
         if name == "msvae":
-            print(json.dumps(score("msvae_stage1", seed, model.sample(len(train), stage="stage1"),
+            print(json.dumps(score("msvae_stage1", seed, model.sample(len(train), stage="stage1", seed=seed),
                                    seconds)), flush=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,13 @@ PRESETS = {
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
-                  eval_size=2000),
+                  w_centred=True, eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
-                  eval_size=10_000),
+                  w_centred=True, eval_size=10_000),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
@@ -52,6 +52,88 @@ FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pi
 
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1) + "\n")
+
+
+def _number(minimum: float | None = None, strict: bool = True, integer: bool = False):
+    """An argparse ``type``: a finite number (an integer when ``integer``) above ``minimum``
+    (or at least it, unless ``strict``); anything else is a one-line usage error."""
+    bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+    kind = "an integer" if integer else "a finite number"
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}{bound}, got {text!r}") from None
+        if not math.isfinite(value) or (minimum is not None and (value <= minimum if strict else value < minimum)):
+            raise argparse.ArgumentTypeError(f"must be {kind}{bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT, POSITIVE, NONNEGATIVE = _number(0, integer=True), _number(0), _number(0, strict=False)
+
+
+def _fraction(text: str) -> float:
+    value = POSITIVE(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse ``type``: a torch device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no usable CUDA GPU (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return text
+
+
+def _out_folder(out: Path) -> Path:
+    """Creates the run folder ``out`` (or checks the existing one) and that it is writable."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"msvae: --out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".msvae-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"msvae: cannot write to --out {out}: {error.strerror or error}") from None
+    return out
+
+
+# Settings a rerun in the same folder may change: they do not change the model that is trained.
+# (More steps or minutes continue the same training.)
+RESUMABLE = ("out", "threads", "quiet", "device", "eval_size", "classifier_steps", "checkpoint_every",
+             "steps", "stage1_steps", "stage2_steps", "minutes", "stage1_minutes", "stage2_minutes")
+
+
+def _record_config(out: Path, config: dict) -> None:
+    """Writes ``config.json`` — after checking that a run already in ``out`` has the same
+    settings (other than ``RESUMABLE``), so a refused rerun leaves the record as it was."""
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(config)
+                         if k not in RESUMABLE and old.get(k) != config.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in changed)
+            raise SystemExit(f"msvae: {out} holds a run with other settings ({diff}); "
+                             f"use another --out, or the same settings to resume it")
+    _write_json(path, config)
+
+
+def _train_seconds(histories) -> float:
+    """Training time of all processes that worked on a run (the last ``seconds`` of each history)."""
+    return sum(h[-1].get("seconds", 0.0) for h in histories if h)
 
 
 def _read_config(run: Path) -> dict:
@@ -118,24 +200,22 @@ def _minutes(value: float | None) -> float | None:
 
 def stage1(args: argparse.Namespace) -> dict:
     """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(Path(args.out))
     config = {k: v for k, v in vars(args).items() if k != "func"}
-    _write_json(out / "config.json", config)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    _record_config(out, config)
+    torch.set_num_threads(args.threads)
     dataset, train_idx, test_idx, eval_idx = _data(config)
+    torch.manual_seed(args.seed)
     model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(args.device)
-    started = time.monotonic()
     model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx)),
               steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
               checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
               seed=args.seed, time_limit=_minutes(args.minutes))
-    train_seconds = time.monotonic() - started
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, args.seed),
                "steps": model.history[-1]["step"] if model.history else 0,
-               "train_seconds": train_seconds}
+               "train_seconds": _train_seconds([model.history])}
     _write_json(out / "metrics.json", results)
     save_stage1_figures(model, dataset.images(eval_idx[:8]), out)
     _print_summary(results)
@@ -146,17 +226,17 @@ def fit(args: argparse.Namespace) -> dict:
     """Fits both stages on dSprites from a preset, evaluates on held-out images, draws figures."""
     config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
                                           if v is not None and k != "func"}}
-    out = Path(config["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config)
-    torch.set_num_threads(config.get("threads") or torch.get_num_threads())
+    out = _out_folder(Path(config["out"]))
+    _record_config(out, config)
+    torch.set_num_threads(config["threads"])
     dataset, train_idx, test_idx, eval_idx = _data(config)
+    torch.manual_seed(config["seed"])  # the model's initial weights
     stage2_options = (dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
-                           kl_warmup=config["kl_warmup"], encoder=config["w_encoder"])
+                           kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
+                           centred=config["w_centred"])
                       if config["stage2"] == "vae" else FLOW_OPTIONS)
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
                                        **stage2_options).to(config["device"])
-    started = time.monotonic()
     model.fit(Subset(dataset, train_idx.tolist()),
               stage1_loss=_stage1_loss(config, len(train_idx)), stage1_steps=config["stage1_steps"],
               stage2_steps=config["stage2_steps"], stage1_lr=config["lr"],
@@ -165,13 +245,12 @@ def fit(args: argparse.Namespace) -> dict:
               stage2_time_limit=_minutes(config["stage2_minutes"]), checkpoint_dir=out,
               checkpoint_every=config["checkpoint_every"], progress=not config["quiet"],
               seed=config["seed"])
-    train_seconds = time.monotonic() - started
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
                            progress=not config["quiet"], classifier_steps=config["classifier_steps"]),
                "steps": {stage: h[-1]["step"] if h else 0 for stage, h in model.history.items()},
-               "train_seconds": train_seconds}
+               "train_seconds": _train_seconds(model.history.values())}
     _write_json(out / "metrics.json", results)
     save_multistage_figures(model, dataset.images(eval_idx[:8]), out)
     _print_summary(results)
@@ -182,23 +261,27 @@ def _load_run(run: Path) -> tuple[dict, MultiStageModel]:
     config = _read_config(run)
     if not (run / "model.pt").exists():
         raise SystemExit(f"msvae: {run} has no model.pt (has its fit finished?)")
-    return config, MultiStageModel.load(run / "model.pt").to(
-        DEFAULT_DEVICE if config.get("device") is None else config["device"])
+    try:
+        model = MultiStageModel.load(run / "model.pt")
+    except ValueError as error:
+        raise SystemExit(f"msvae: {error}") from None
+    return config, model.to(DEFAULT_DEVICE if config.get("device") is None else config["device"])
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    """Re-evaluates a run's model (``metrics.json`` and figures are rewritten)."""
+    """Re-evaluates a run's model into its own folder (``RUN/eval`` unless ``--out``): the
+    metrics and figures of ``msvae fit`` (seeded as there), the fit's own files left as they are."""
     run = Path(args.run)
     config, model = _load_run(run)
+    out = _out_folder(Path(args.out) if args.out else run / "eval")
     if args.eval_size is not None:
         config["eval_size"] = args.eval_size
     dataset, train_idx, test_idx, eval_idx = _data(config)
-    previous = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
-    results = {**previous, **_evaluate(
-        model, dataset, train_idx, test_idx, eval_idx, config["seed"], progress=not config.get("quiet", False),
-        classifier_steps=config.get("classifier_steps", CLASSIFIER_STEPS))}
-    _write_json(run / "metrics.json", results)
-    save_multistage_figures(model, dataset.images(eval_idx[:8]), run)
+    results = _evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
+                        progress=not config.get("quiet", False),
+                        classifier_steps=config.get("classifier_steps", CLASSIFIER_STEPS))
+    _write_json(out / "metrics.json", results)
+    save_multistage_figures(model, dataset.images(eval_idx[:8]), out)
     _print_summary(results)
     return results
 
@@ -239,9 +322,8 @@ def compare_tables(args: argparse.Namespace) -> list[dict]:
     """Fits and scores the table synthesizers (see ``msvae.tabular_benchmark``)."""
     from msvae import tabular_benchmark
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    out = _out_folder(Path(args.out))
     _write_json(out / "config.json", {k: v for k, v in vars(args).items() if k != "func"})
     return tabular_benchmark.run(args.tables, args.seeds, out, epochs=args.epochs,
                                  stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
@@ -254,25 +336,37 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda value: value) if defaults else (lambda value: None)
     parser.add_argument("--out", required=True, help="run folder (created; reused to resume)")
     parser.add_argument("--dsprites", default=None, help="official dSprites .npz (default: rendered procedurally)")
-    parser.add_argument("--latent-dim", type=int, default=d(10))
-    parser.add_argument("--alpha", type=float, default=d(1.0), help="beta-TCVAE weight of the index-code MI")
-    parser.add_argument("--beta", type=float, default=d(6.0), help="beta-TCVAE weight of the total correlation")
-    parser.add_argument("--gamma", type=float, default=d(1.0), help="beta-TCVAE weight of the dimension-wise KL")
+    parser.add_argument("--latent-dim", type=POSITIVE_INT, default=d(10))
+    parser.add_argument("--alpha", type=NONNEGATIVE, default=d(1.0), help="beta-TCVAE weight of the index-code MI")
+    parser.add_argument("--beta", type=NONNEGATIVE, default=d(6.0), help="beta-TCVAE weight of the total correlation")
+    parser.add_argument("--gamma", type=NONNEGATIVE, default=d(1.0), help="beta-TCVAE weight of the dimension-wise KL")
     parser.add_argument("--estimator", choices=["mss", "mws"], default=d("mss"))
-    parser.add_argument("--batch-size", type=int, default=d(64))
-    parser.add_argument("--lr", type=float, default=d(5e-4), help="stage-1 learning rate")
-    parser.add_argument("--warmup", type=int, default=d(0), help="steps of linear warm-up of the stage-1 penalty")
-    parser.add_argument("--held-out", type=float, default=0.1, help="fraction of images held out")
-    parser.add_argument("--eval-size", type=int, default=d(10_000), help="held-out images evaluated")
-    parser.add_argument("--checkpoint-every", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help="torch device (default: cuda when available)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=d(64))
+    parser.add_argument("--lr", type=POSITIVE, default=d(5e-4), help="stage-1 learning rate")
+    parser.add_argument("--warmup", type=_number(0, strict=False, integer=True), default=d(0),
+                        help="steps of linear warm-up of the stage-1 penalty")
+    parser.add_argument("--held-out", type=_fraction, default=0.1, help="fraction of images held out")
+    parser.add_argument("--eval-size", type=POSITIVE_INT, default=d(10_000), help="held-out images evaluated")
+    parser.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1000,
+                        help="steps between checkpoints (one is also written every minute)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model's weights, batches and draws")
+    parser.add_argument("--threads", type=POSITIVE_INT, default=1,
+                        help="torch CPU threads (default 1: the result then does not depend on the "
+                             "machine's cores or load; more threads are faster on an idle machine)")
+    parser.add_argument("--device", type=_device, default=DEFAULT_DEVICE,
+                        help="torch device (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (naming the option), without the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msvae", description=__doc__,
+    parser = _Parser(prog="msvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -282,37 +376,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper: full length, for a GPU")
     _common(f, defaults=False)
     f.add_argument("--stage2", choices=["vae", "flow"], default=None, help="second-stage model")
-    f.add_argument("--w-dim", type=int, default=None, help="size of w (VAE stage 2)")
-    f.add_argument("--free-bits", type=float, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
-    f.add_argument("--kl-warmup", type=int, default=None, help="steps of linear warm-up of w's KL")
+    f.add_argument("--w-dim", type=POSITIVE_INT, default=None, help="size of w (VAE stage 2)")
+    f.add_argument("--free-bits", type=NONNEGATIVE, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
+    f.add_argument("--kl-warmup", type=_number(0, strict=False, integer=True), default=None, help="steps of linear warm-up of w's KL")
     f.add_argument("--w-encoder", choices=["dense", "pooled"], default=None,
                    help="q(w | x, x1): dense head over the conv map, or a global max over positions")
-    f.add_argument("--stage2-lr", type=float, default=None)
-    f.add_argument("--classifier-steps", type=int, default=CLASSIFIER_STEPS,
+    f.add_argument("--w-centred", action=argparse.BooleanOptionalAction, default=None,
+                   help="centre q(w | x, x1)'s mean on a regression on x1, so w carries no trace of z")
+    f.add_argument("--stage2-lr", type=POSITIVE, default=None)
+    f.add_argument("--classifier-steps", type=POSITIVE_INT, default=CLASSIFIER_STEPS,
                    help="training steps of the factor classifier that scores samples (cached)")
     for stage in ("stage1", "stage2"):
-        f.add_argument(f"--{stage}-steps", type=int, default=None, help=f"maximum {stage} steps")
-        f.add_argument(f"--{stage}-minutes", type=float, default=None,
+        f.add_argument(f"--{stage}-steps", type=POSITIVE_INT, default=None, help=f"{stage} steps")
+        f.add_argument(f"--{stage}-minutes", type=POSITIVE, default=None,
                        help=f"stop {stage} training after this many minutes")
     f.set_defaults(func=fit)
 
     e = commands.add_parser("eval", help="re-evaluate a run's model on held-out images")
     e.add_argument("run", help="run folder written by msvae fit")
-    e.add_argument("--eval-size", type=int, default=None, help="held-out images (default: the run's)")
+    e.add_argument("--eval-size", type=POSITIVE_INT, default=None, help="held-out images (default: the run's)")
+    e.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     e.set_defaults(func=evaluate)
 
     t = commands.add_parser("traverse", help="traverse every latent of one held-out image, w fixed")
     t.add_argument("run", help="run folder written by msvae fit")
     t.add_argument("--index", type=int, default=0, help="which evaluated held-out image")
-    t.add_argument("--span", type=float, default=2.5, help="values from -span to span")
-    t.add_argument("--steps", type=int, default=9, help="values per latent")
+    t.add_argument("--span", type=POSITIVE, default=2.5, help="values from -span to span")
+    t.add_argument("--steps", type=_number(1, integer=True), default=9, help="values per latent (>= 2)")
     t.add_argument("--png", default=None, help="output file (default: RUN/traversal_INDEX.png)")
     t.set_defaults(func=traverse)
 
     s = commands.add_parser("sample", help="draw samples from a run's model")
     s.add_argument("run", help="run folder written by msvae fit")
-    s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--temperature", type=float, default=1.0, help="scale of w's prior")
+    s.add_argument("-n", type=POSITIVE_INT, default=64, help="number of samples")
+    s.add_argument("--temperature", type=NONNEGATIVE, default=1.0, help="scale of w's prior")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--png", default=None, help="output file (default: RUN/samples_SEED.png)")
     s.set_defaults(func=sample)
@@ -328,17 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--synthesizers", nargs="+", default=None,
                    help="msvae (also scored by its stage 1 alone), ctgan, tvae (default: all available)")
-    c.add_argument("--epochs", type=int, default=100, help="passes over the rows (stage 1)")
-    c.add_argument("--stage2-epochs", type=int, default=None, help="default: --epochs")
-    c.add_argument("--peer-epochs", type=int, default=None, help="CTGAN/TVAE epochs (default: --epochs)")
-    c.add_argument("--max-rows", type=int, default=None, help="use at most this many rows per table")
-    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--epochs", type=POSITIVE_INT, default=100, help="passes over the rows (stage 1)")
+    c.add_argument("--stage2-epochs", type=POSITIVE_INT, default=None, help="default: --epochs")
+    c.add_argument("--peer-epochs", type=POSITIVE_INT, default=None, help="CTGAN/TVAE epochs (default: --epochs)")
+    c.add_argument("--max-rows", type=POSITIVE_INT, default=None, help="use at most this many rows per table")
+    c.add_argument("--threads", type=POSITIVE_INT, default=1)
     c.set_defaults(func=compare_tables)
 
     s1 = commands.add_parser("stage1", help="train and evaluate a stage-1 beta-TCVAE on dSprites")
     _common(s1, defaults=True)
-    s1.add_argument("--steps", type=int, default=300_000, help="maximum number of steps")
-    s1.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    s1.add_argument("--steps", type=POSITIVE_INT, default=300_000, help="number of steps")
+    s1.add_argument("--minutes", type=POSITIVE, default=None, help="stop training after this many minutes")
     s1.set_defaults(func=stage1)
     return parser
 

@@ -28,6 +28,8 @@ def reconstruction_nll(x: Tensor, x_logits_or_mean: Tensor, recon: Reconstructio
 
     ``"bernoulli"``: binary cross-entropy with logits; ``"gaussian"``: unit-variance Gaussian,
     ``0.5 * sum (x - mean)^2`` (the constant dropped); a callable maps ``(x, output)`` to ``[B]``.
+    Bernoulli targets must lie in [0, 1] (``ValueError`` otherwise: the loss would have no lower
+    bound); Gaussian ones must be finite.
     """
     if x.shape != x_logits_or_mean.shape:
         raise ValueError(f"x_logits_or_mean must have the shape of x {tuple(x.shape)}, "
@@ -35,8 +37,14 @@ def reconstruction_nll(x: Tensor, x_logits_or_mean: Tensor, recon: Reconstructio
     if callable(recon):
         return recon(x, x_logits_or_mean)
     if recon == "bernoulli":
+        if not bool(((x >= 0) & (x <= 1)).all()):
+            raise ValueError("Bernoulli reconstruction needs targets in [0, 1] (scale images to "
+                             f"[0, 1], e.g. divide 8-bit ones by 255); got values in "
+                             f"[{float(x.min()):g}, {float(x.max()):g}]")
         nll = F.binary_cross_entropy_with_logits(x_logits_or_mean, x, reduction="none")
     elif recon == "gaussian":
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("Gaussian reconstruction needs finite targets")
         nll = 0.5 * (x - x_logits_or_mean) ** 2
     else:
         raise ValueError(f"recon must be one of {RECONSTRUCTIONS} or a callable, got {recon!r}")

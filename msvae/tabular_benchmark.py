@@ -251,7 +251,8 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                 started = time.perf_counter()
                 model.fit(train, discrete_columns=list(discrete))
                 fit_seconds = time.perf_counter() - started
-                variants = {name: {}, "msvae_stage1": {"stage": "stage1"}} if name == "msvae" else {name: {}}
+                variants = ({name: {"seed": seed}, "msvae_stage1": {"stage": "stage1", "seed": seed}}
+                            if name == "msvae" else {name: {}})
                 for variant, options in variants.items():
                     started = time.perf_counter()
                     synthetic = model.sample(len(train), **options)

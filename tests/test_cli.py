@@ -1,5 +1,6 @@
 """The msvae command at test size."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,8 +55,11 @@ def test_fit_eval_traverse_sample(tmp_path, capsys):
     main(["fit", "--out", str(out), *FIT[:3], "5", *FIT[4:]])  # more stage-2 steps: resumes
     assert json.loads((out / "metrics.json").read_text())["steps"] == {"stage1": 3, "stage2": 5}
 
-    main(["eval", str(out), "--eval-size", "40"])
-    assert json.loads((out / "metrics.json").read_text())["held_out_images"] == 40
+    fit_metrics = (out / "metrics.json").read_text()
+    main(["eval", str(out), "--eval-size", "40"])  # its own folder; the fit's record stays
+    assert json.loads((out / "eval" / "metrics.json").read_text())["held_out_images"] == 40
+    assert (out / "metrics.json").read_text() == fit_metrics
+    assert (out / "eval" / "samples.png").read_bytes() == (out / "samples.png").read_bytes()  # seeded
     capsys.readouterr()
     main(["traverse", str(out), "--index", "1", "--steps", "4"])
     assert capsys.readouterr().out.strip() == str(out / "traversal_1.png")
@@ -74,6 +78,77 @@ def test_fit_with_flow_stage2(tmp_path):
 def test_commands_refuse_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit, match="is not a run folder"):
         main(["eval", str(tmp_path)])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="model.pt is not an msvae model file"):
+        main(["eval", str(tmp_path)])
+
+
+def test_seed_makes_a_fit_reproducible_and_a_changed_rerun_keeps_the_record(tmp_path):
+    import torch
+
+    from msvae.models import MultiStageModel
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        main(["fit", "--out", str(out), *FIT, "--eval-size", "20", "--seed", "3"])
+    first, second = (MultiStageModel.load(out / "model.pt") for out in runs)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first.history["stage2"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in second.history["stage2"]]
+    config = (runs[0] / "config.json").read_text()
+    with pytest.raises(SystemExit, match=r"other settings \(beta: 6.0 there, 4.0 now\)"):
+        main(["fit", "--out", str(runs[0]), *FIT, "--eval-size", "20", "--seed", "3", "--beta", "4"])
+    assert (runs[0] / "config.json").read_text() == config
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["train_seconds"] == pytest.approx(
+        first.history["stage1"][-1]["seconds"] + first.history["stage2"][-1]["seconds"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--stage1-minutes", "nan"], "--stage1-minutes: must be a finite number > 0, got 'nan'"),
+    (["fit", "--stage2-minutes", "-1"], "--stage2-minutes: must be a finite number > 0"),
+    (["fit", "--eval-size", "0"], "--eval-size: must be an integer > 0"),
+    (["fit", "--batch-size", "0"], "--batch-size: must be an integer > 0"),
+    (["fit", "--held-out", "1.5"], "--held-out: must be in \\(0, 1\\)"),
+    (["fit", "--beta", "inf"], "--beta: must be a finite number >= 0"),
+    (["fit", "--threads", "0"], "--threads: must be an integer > 0"),
+    (["fit", "--device", "nonsense"], "--device: not a torch device"),
+    (["stage1", "--steps", "-1"], "--steps: must be an integer > 0"),
+    (["traverse", "RUN", "--steps", "0"], "--steps: must be an integer > 1"),
+    (["traverse", "RUN", "--span", "nan"], "--span: must be a finite number > 0"),
+    (["sample", "RUN", "--temperature", "nan"], "--temperature: must be a finite number >= 0"),
+    (["sample", "RUN", "-n", "0"], "-n: must be an integer > 0"),
+    (["compare-tables", "--epochs", "-1"], "--epochs: must be an integer > 0"),
+])
+def test_bad_values_are_one_line_errors_before_any_work(tmp_path, capsys, argv, message):
+    import re
+
+    argv = [a.replace("RUN", str(tmp_path)) for a in argv]
+    if argv[0] in ("fit", "stage1", "compare-tables"):
+        argv += ["--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_without_a_gpu_and_unusable_out_folders(tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["fit", "--out", str(tmp_path / "run"), "--device", "cuda"])
+        assert "no usable CUDA GPU (use --device cpu)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="exists and is not a folder"):
+        main(["fit", "--out", str(tmp_path / "file"), *FIT])
+    unwritable = Path("/proc/msvae-test/run")  # nobody, root included, can create this
+    with pytest.raises(SystemExit, match="cannot write to --out /proc/msvae-test/run"):
+        main(["fit", "--out", str(unwritable), *FIT])
 
 
 def test_compare_tables_writes_scores_and_figures(tmp_path):

@@ -34,6 +34,18 @@ def test_gaussian_reconstruction_and_callable():
                                (x - mean).abs().sum(1))
 
 
+def test_reconstruction_refuses_targets_it_cannot_score():
+    logits = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"targets in \[0, 1\].*divide 8-bit ones by 255"):
+        reconstruction_nll(torch.full((2, 4), 255.0), logits)
+    with pytest.raises(ValueError, match="targets in"):
+        BetaTCVAELoss(dataset_size=10, recon="bernoulli")(
+            torch.full((2, 4), -0.5), logits, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="finite targets"):
+        reconstruction_nll(torch.tensor([[float("nan")]]), torch.zeros(1, 1), "gaussian")
+    assert torch.isfinite(reconstruction_nll(torch.full((2, 4), 1e3), logits, "gaussian")).all()
+
+
 def test_gaussian_kl_matches_torch_distributions():
     mu, logvar = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())

@@ -328,3 +328,85 @@ def test_cpu_matches_reference_on_random_problems(Q, B, D, weights, scale, seed)
         results.append((joint, marginal, *torch.autograd.grad(joint.sum() + marginal.sum(), inputs)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+# ---- extreme inputs: no sentinel leaks, finite wherever the reference is, logvar's range ------
+
+def _cpu_and_reference(x, mu, logvar, weights, dataset_size=1000):
+    """Values and gradients of the cpu backend (in the inputs' dtype) and of the float64 reference
+    on the same inputs: two lists (joint, marginal, dx, dmu, dlogvar)."""
+    results = []
+    for backend, dtype in (("cpu", x.dtype), ("reference", torch.float64)):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (x, mu, logvar)]
+        joint, marginal = mixture_log_density(*inputs, weights=weights, dataset_size=dataset_size,
+                                              backend=backend)
+        grads = torch.autograd.grad(joint.sum() + marginal.sum(), inputs)
+        results.append([t.double() for t in (joint.detach(), marginal.detach(), *grads)])
+    return results
+
+
+def _needs_cpu():
+    if ("cpu", "cpu") not in CASES:
+        pytest.skip("cpu backend not built")
+
+
+def test_a_log_density_far_below_minus_1e30_is_returned_not_a_sentinel():
+    _needs_cpu()
+    x, mu = torch.zeros(1, 1), torch.full((1, 1), 1e3)  # -0.5 * 1e6 * e^60: about -5.7e31
+    logvar = torch.full((1, 1), -60.0)
+    got, want = _cpu_and_reference(x, mu, logvar, "uniform")
+    assert float(want[0]) < -1e31
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=0.0)
+
+
+def test_cpu_backward_is_finite_where_the_reference_is():
+    _needs_cpu()
+    torch.manual_seed(0)
+    mu = x = torch.randn(8, 3)
+    got, want = _cpu_and_reference(x, mu, torch.full_like(mu, -30.0), "mss")
+    for g, w in zip(got, want):
+        assert torch.isfinite(w).all() and torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()) + 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [c[0] for c in CASES if c[1] == "cpu"])
+@pytest.mark.parametrize("dtype, limit", [(torch.float32, 60.0), (torch.float64, 600.0)])
+def test_logvar_outside_its_documented_range_is_refused(backend, dtype, limit):
+    x = mu = torch.zeros(2, 2, dtype=dtype)
+    for bad in (-1000.0, -(limit + 1), limit + 1):
+        logvar = torch.full((2, 2), bad, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"logvar must lie in \[-{limit:g}, {limit:g}\] for {dtype}"):
+            mixture_log_density(x, mu, logvar, weights="uniform", backend=backend)
+    joint, _ = mixture_log_density(x, mu, torch.full((2, 2), -limit, dtype=dtype), weights="uniform",
+                                   backend=backend)
+    assert torch.isfinite(joint).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(Q=st.integers(1, 20), B=st.integers(1, 300), D=st.integers(1, 6),
+       weights=st.sampled_from(["mws", "mss", "uniform"]), far=st.floats(0.0, 1e3),
+       low=st.floats(-60.0, 60.0), width=st.floats(0.0, 20.0), double=st.booleans(),
+       seed=st.integers(0, 2 ** 31 - 1))
+def test_cpu_matches_reference_at_extreme_logvar_and_far_away_x(Q, B, D, weights, far, low, width,
+                                                                double, seed):
+    """Across logvar's whole float32 range and queries up to 1e3 from the components: the float64
+    backend agrees with the reference; the float32 one is finite wherever the reference is, with
+    log-densities within float32 rounding of the terms they sum."""
+    _needs_cpu()
+    if weights == "mss":
+        Q = B
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    mu = torch.randn(B, D, dtype=torch.float64, generator=g)
+    x = (torch.randn(Q, D, dtype=torch.float64, generator=g) + far).to(dtype)
+    logvar = (low + width * torch.rand(B, D, dtype=torch.float64, generator=g)).clamp(-60, 60).to(dtype)
+    got, want = _cpu_and_reference(x, mu.to(dtype), logvar, weights, dataset_size=10 ** 6)
+    for name, g_, w in zip(("joint", "marginal", "dx", "dmu", "dlogvar"), got, want):
+        finite = torch.isfinite(w)
+        assert torch.isfinite(g_[finite]).all(), name
+        if double:
+            torch.testing.assert_close(g_, w, rtol=1e-7, atol=1e-7 * float(w.abs().max()), msg=name)
+        elif name in ("joint", "marginal"):  # float32: relative to the size of the summed terms
+            scale = float(w.abs().max()) + 1.0
+            torch.testing.assert_close(g_, w, rtol=1e-4, atol=1e-5 * scale * D, msg=name)

@@ -171,3 +171,40 @@ def test_pooled_w_encoder_does_not_see_where_the_object_is():
     torch.testing.assert_close(logvar[0], logvar[1])
     with pytest.raises(ValueError, match="encoder must be one of"):
         VAEStage2(encoder="attention")
+
+
+def test_centred_w_loses_its_dependence_on_x1_and_only_r_learns_the_centring():
+    """``q(w | x, x1)``'s mean is ``m(x, x1) - r(x1)``: the centring loss trains ``r`` alone, the
+    ELBO does not reach ``r``, and a trained ``r`` removes what ``m`` says about ``x1``."""
+    from msvae.models import VAEStage2
+
+    torch.manual_seed(0)
+    stage2 = VAEStage2(w_dim=4, width=8, hidden=32, encoder="dense")
+    torch.nn.init.normal_(stage2.encoder.head[-1].weight, std=0.3)  # m depends on where the square is
+    x = toy_images(128)
+    total, terms = stage2.training_loss(x, torch.logit(x.clamp(0.01, 0.99)), x, step=0)
+    centre = set(stage2.centre.parameters())
+    elbo_grads = torch.autograd.grad(terms["loss"], [p for p in stage2.parameters()], allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0
+               for p, g in zip(stage2.parameters(), elbo_grads) if p in centre)
+    centring_grads = torch.autograd.grad(terms["centring"], list(stage2.parameters()), allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0
+               for p, g in zip(stage2.parameters(), centring_grads) if p not in centre)
+
+    with torch.no_grad():
+        m = stage2.encoder(torch.cat([x, x, torch.zeros_like(x)], 1))[0]
+        before = float(stage2.posterior(x, x)[0].pow(2).sum(1).mean())
+    assert before == pytest.approx(float(m.pow(2).sum(1).mean()))  # r starts at 0
+    optimizer = torch.optim.Adam(stage2.centre.parameters(), lr=5e-3)
+    for _ in range(150):
+        optimizer.zero_grad()
+        stage2.training_loss(x, x, x, step=0)[1]["centring"].backward()
+        optimizer.step()
+    held_out = toy_images(128, seed=1)
+    with torch.no_grad():
+        after = float(stage2.posterior(x, x)[0].pow(2).sum(1).mean())
+        m_new = stage2.encoder(torch.cat([held_out, held_out, torch.zeros_like(held_out)], 1))[0]
+        after_new = float(stage2.posterior(held_out, held_out)[0].pow(2).sum(1).mean())
+    assert after < 0.1 * before
+    assert after_new < 0.3 * float(m_new.pow(2).sum(1).mean())
+    assert VAEStage2(centred=False).centre is None

@@ -3,13 +3,16 @@
 // Rows (queries) are split across threads. Each row streams over the components in blocks of
 // kBlock with an online logsumexp, so no Q x B (or Q x B x D) intermediate exists. Component
 // constants are stored transposed ([D][B], padded to whole blocks) so the inner loops run over
-// components in SIMD vectors whatever D is; padded components get log-weight -kFar and contribute
-// nothing measurable. Each block costs one pass per dimension: the log-density, its running sum
+// components in SIMD vectors whatever D is; padded components get log-weight -inf and contribute
+// nothing measurable (no finite sentinel that a true log-density could fall below). Each block costs one pass per dimension: the log-density, its running sum
 // over d (for the joint), the block max and the exp-sum relative to the running max are computed
 // together; only a block whose max exceeds the running max by more than kHeadroom (the first block
 // of a row, or a rare jump) is summed again. The backward pass recomputes the per-block
-// log-densities; dx accumulates per row, dmu / dlogvar in per-thread [D][panel] buffers summed at
-// the end of each column panel (panels bound that scratch memory).
+// log-densities in the forward's exact order of operations, and clamps each log-responsibility
+// (log-density minus its logsumexp, <= 0 exactly) at 0, so rounding at extreme scales (|logvar|
+// near its limit, far-away x) never turns a responsibility into an overflow; dx accumulates per
+// row, dmu / dlogvar in per-thread [D][panel] buffers summed at the end of each column panel
+// (panels bound that scratch memory).
 #include "cpu/mixture_log_density.h"
 
 #include <algorithm>
@@ -27,8 +30,6 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;  // (query, component, dimension) triples
 static_assert(kBlock % Simd<float>::width == 0 && kBlock % Simd<double>::width == 0);
 
-template <typename T>
-constexpr T kFar = T(1e30);  // -log-weight of padding components
 template <typename T>
 constexpr T kHeadroom = sizeof(T) == 4 ? T(60) : T(600);  // exp(kHeadroom) * kBlock is finite
 
@@ -50,12 +51,12 @@ struct Components {
   }
 };
 
-// lw(i, j) for the block j in [j0, j0 + kBlock) into out; -kFar past B.
+// lw(i, j) for the block j in [j0, j0 + kBlock) into out; -inf past B.
 template <typename T>
 void fill_log_weights(const MixtureWeights& w, int64_t i, int64_t j0, int64_t B, T* out) {
   const int64_t n = std::min(kBlock, B - j0);
   std::fill(out, out + n, T(w.base));
-  std::fill(out + n, out + kBlock, -kFar<T>);
+  std::fill(out + n, out + kBlock, -std::numeric_limits<T>::infinity());
   if (w.scheme == 1) {
     const int64_t next = (i + 1) % B;
     if (next >= j0 && next < j0 + n) out[next - j0] = T(w.next);
@@ -93,6 +94,7 @@ void add_block(LogSumExp<T>& lse, ValueFn&& value) {
     lane_sum += vexp(v - ref);
   }
   const T block_max = horizontal_max<T>(lane_max);
+  if (block_max == -std::numeric_limits<T>::infinity()) return;  // every term is exp(-inf) = 0
   if (have_ref && block_max <= lse.max + kHeadroom<T>) {
     lse.add(block_max, lse.max, horizontal_sum<T>(lane_sum));
     return;
@@ -159,7 +161,9 @@ void backward_rows(const T* grad_joint, const T* grad_marginal, const T* x, cons
           store(p + j, load(p + j) + T(-0.5) * (diff * diff * load(iv + j) + load(nm + j)));
         }
       }
-      for (int64_t j = 0; j < kBlock; j += W) store(p + j, gj * vexp(load(p + j) - ji));  // gJ_i P_ij
+      const Vec zero = splat(T(0));
+      for (int64_t j = 0; j < kBlock; j += W)  // gJ_i P_ij
+        store(p + j, gj * vexp(vmin<T>(load(p + j) - ji, zero)));
       for (int64_t d = 0; d < D; ++d) {
         const Vec xd = splat(x[i * D + d]), gm = splat(grad_marginal[i * D + d]);
         const Vec shift = splat(marginal[i * D + d]);
@@ -172,8 +176,9 @@ void backward_rows(const T* grad_joint, const T* grad_marginal, const T* x, cons
         for (int64_t j = 0; j < kBlock; j += W) {
           const Vec diff = xd - load(mu + j);
           const Vec scaled = diff * load(iv + j);
-          const Vec sq = diff * scaled;
-          const Vec r = vexp(T(-0.5) * (sq + load(nm + j)) + load(log_w + j) - shift);
+          const Vec sq = diff * diff * load(iv + j);  // as the forward rounds it
+          const Vec f = T(-0.5) * (sq + load(nm + j));
+          const Vec r = vexp(vmin<T>(f + load(log_w + j) - shift, zero));
           const Vec g = load(p + j) + gm * r;
           dx_acc -= g * scaled;
           store(dmu + j, load(dmu + j) + g * scaled);

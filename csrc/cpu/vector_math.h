@@ -74,6 +74,11 @@ inline typename Simd<T>::Vec vmax(const typename Simd<T>::Vec& a, const typename
   return a > b ? a : b;
 }
 
+template <typename T>
+inline typename Simd<T>::Vec vmin(const typename Simd<T>::Vec& a, const typename Simd<T>::Vec& b) {
+  return a < b ? a : b;
+}
+
 inline Simd<float>::Vec vexp(Simd<float>::Vec x) {
   using Vec = Simd<float>::Vec;
   using Int = Simd<float>::Int;

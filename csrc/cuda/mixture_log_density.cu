@@ -296,11 +296,11 @@ __device__ __forceinline__ void dx_step(const A (&xr)[DC], const A (&cm)[DC], A 
     A v = fma(diff, da[k], b[k]);
     acc += v;
     if (kMss) v += lwc;
-    smv[k] = fma(fast_exp2(v - cm[k]), da[k], smv[k]);
+    smv[k] = fma(fast_exp2(fmin(v - cm[k], A(0))), da[k], smv[k]);  // a responsibility: <= 1
   }
   acc = row_sum(acc, lanes);
   if (kMss) acc += lwc;
-  const A p = fast_exp2(acc - cj);
+  const A p = fast_exp2(fmin(acc - cj, A(0)));
 #pragma unroll
   for (int k = 0; k < DC; ++k) sjv[k] = fma(p, da[k], sjv[k]);
 }
@@ -370,11 +370,11 @@ __device__ __forceinline__ void dparam_step(const A (&xr)[DC], const A (&cm)[DC]
     A v = fma(diff, da[k], b[k]);
     acc += v;
     if (kMss) v += lwc;
-    gr[k] = gm[k] * fast_exp2(v - cm[k]);
+    gr[k] = gm[k] * fast_exp2(fmin(v - cm[k], A(0)));
   }
   acc = row_sum(acc, lanes);
   if (kMss) acc += lwc;
-  const A gp = gj * fast_exp2(acc - cj);
+  const A gp = gj * fast_exp2(fmin(acc - cj, A(0)));
 #pragma unroll
   for (int k = 0; k < DC; ++k) {
     const A g = gr[k] + gp;

@@ -103,7 +103,10 @@ def cached_factor_classifier(name: str, settings: dict, train: Callable[[], tupl
     key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True)
                          .encode()).hexdigest()[:16]
     path = Path(cache or cache_dir()) / f"{name}_factor_classifier_{key}.pt"
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except ValueError:  # a corrupt cache entry is trained again
+        state = None
     if state is not None:
         model = FactorClassifier(**state["config"])
         model.load_state_dict(state["model"])

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage, build_stage2
-from msvae.models.training import load_checkpoint, save_checkpoint
+from msvae.models.training import build_from_file, save_checkpoint
 
 RECONSTRUCTION_STAGES = ("full", "stage1")
 
@@ -67,14 +67,16 @@ class MultiStageModel(nn.Module):
             stage1_loss: nn.Module | None = None, stage1_lr: float = 5e-4, stage2_lr: float = 5e-4,
             batch_size: int = 64, penalty_warmup: int = 0, stage1_time_limit: float | None = None,
             stage2_time_limit: float | None = None, checkpoint_dir: str | os.PathLike | None = None,
-            checkpoint_every: int = 1000, resume: bool = True, log_every: int = 50,
+            checkpoint_every: int = 1000,
+            checkpoint_seconds: float = 60.0, resume: bool = True, log_every: int = 50,
             progress: bool = True, seed: int = 0) -> dict[str, list[dict]]:
         """Stage 1 (``DisentangledVAE.fit`` with ``stage1_loss``, ``penalty_warmup``), then stage 2
         (``SecondStage.fit``). With ``checkpoint_dir`` each stage checkpoints there
         (``stage1.pt``, ``stage2.pt``) and an interrupted fit resumes where it stopped; the time
         limits (seconds) bound each stage across resumptions. Returns ``self.history``."""
         common = dict(batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=resume,
-                      checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
+                      checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                      log_every=log_every, progress=progress,
                       seed=seed)
         self.stage1.fit(data, loss=stage1_loss, steps=stage1_steps, lr=stage1_lr,
                         penalty_warmup=penalty_warmup, time_limit=stage1_time_limit, **common)
@@ -150,15 +152,15 @@ class MultiStageModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MultiStageModel":
         """The model saved by ``save`` (on the CPU; tensors and plain containers only, no pickled code)."""
-        state = load_checkpoint(path)
-        if state is None:
-            raise FileNotFoundError(f"no model file at {path}")
-        stage1_config = dict(state["config"]["stage1"])
-        if stage1_config.pop("kind", None) != "image":
-            raise ValueError(f"{path}: the multi-stage model needs an image stage 1")
-        stage1 = DisentangledVAE.for_images(**stage1_config)
-        stage1.load_state_dict(state["stage1"])
-        stage2 = build_stage2(state["config"]["stage2"])
-        stage2.load_state_dict(state["stage2"])
-        stage1.history, stage2.history = state["history"]["stage1"], state["history"]["stage2"]
-        return cls(stage1, stage2).eval()
+        def build(state: dict) -> "MultiStageModel":
+            stage1_config = dict(state["config"]["stage1"])
+            if stage1_config.pop("kind", None) != "image":
+                raise ValueError("the multi-stage model needs an image stage 1")
+            stage1 = DisentangledVAE.for_images(**stage1_config)
+            stage1.load_state_dict(state["stage1"])
+            stage2 = build_stage2(state["config"]["stage2"])
+            stage2.load_state_dict(state["stage2"])
+            stage1.history, stage2.history = state["history"]["stage1"], state["history"]["stage2"]
+            return cls(stage1, stage2).eval()
+
+        return build_from_file(path, build)

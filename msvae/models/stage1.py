@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (linear_warmup, load_checkpoint, random_batches, save_checkpoint,
+from msvae.models.training import (build_from_file, linear_warmup, random_batches, save_checkpoint,
                                    train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -90,6 +90,7 @@ class DisentangledVAE(nn.Module):
     def fit(self, data: Tensor | Dataset, *, loss: nn.Module | None = None, steps: int = 10_000,
             batch_size: int = 64, lr: float = 5e-4, penalty_warmup: int = 0,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
+            checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True,
             seed: int = 0, time_limit: float | None = None) -> list[dict]:
         """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset).
@@ -100,7 +101,7 @@ class DisentangledVAE(nn.Module):
         its own Adam (lr 1e-4, betas (0.5, 0.9), as Kim & Mnih). ``penalty_warmup`` ramps the part
         of the loss beyond its reconstruction term linearly from 0 over that many steps. With
         ``checkpoint_dir``, ``stage1.pt`` there holds model, loss, optimisers, step, RNG states and
-        history, written every ``checkpoint_every`` steps; with ``resume`` training continues from
+        history, written every ``checkpoint_every`` steps and ``checkpoint_seconds`` seconds; with ``resume`` training continues from
         it (exactly, on CPU and CUDA), and resuming with other settings is a ``ValueError``.
         ``time_limit`` (seconds, earlier runs of the checkpoint included) stops training early.
         Seeds torch's global RNG with ``seed``.
@@ -143,7 +144,8 @@ class DisentangledVAE(nn.Module):
                                                "disc_optimizer": disc_optimizer},
                         settings=settings, generator=generator, history=self.history, steps=steps,
                         time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
-                        checkpoint_every=checkpoint_every, progress=progress, desc="stage 1")
+                        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                        progress=progress, desc="stage 1")
         self.eval()
         return self.history
 
@@ -154,17 +156,14 @@ class DisentangledVAE(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DisentangledVAE":
         """The model saved by ``save`` (on the CPU; no pickled code runs)."""
-        state = load_checkpoint(path)
-        if state is None:
-            raise FileNotFoundError(f"no model file at {path}")
-        config = dict(state["config"])
-        kind, likelihood = config.pop("kind"), config.pop("likelihood")
-        if kind == "image":
-            model = cls.for_images(likelihood=likelihood, **config)
-        elif kind == "vector":
-            model = cls.for_vectors(likelihood=likelihood, **config)
-        else:
-            raise ValueError(f"unknown model kind {kind!r} in {path}")
-        model.load_state_dict(state["model"])
-        model.history = state.get("history", [])
-        return model.eval()
+        def build(state: dict) -> "DisentangledVAE":
+            config = dict(state["config"])
+            kind, likelihood = config.pop("kind"), config.pop("likelihood")
+            if kind not in ("image", "vector"):
+                raise ValueError(f"unknown model kind {kind!r}")
+            model = (cls.for_images if kind == "image" else cls.for_vectors)(likelihood=likelihood, **config)
+            model.load_state_dict(state["model"])
+            model.history = state.get("history", [])
+            return model.eval()
+
+        return build_from_file(path, build)

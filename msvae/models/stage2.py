@@ -115,6 +115,25 @@ class PooledConvEncoder(nn.Module):
 ENCODERS = {"dense": ConvEncoder, "pooled": PooledConvEncoder}
 
 
+class ConditionalMean(nn.Module):
+    """``r(x1) ~ E_q[mu_w | x1]``: 4 stride-2 convolutions and two dense layers,
+    ``x1_mean [B, C, 64, 64]`` -> ``[B, w_dim]``; the last layer starts at zero (``r = 0``)."""
+
+    def __init__(self, w_dim: int, channels: int, width: int = 32, hidden: int = 256):
+        super().__init__()
+        layers, c = [], channels
+        for _ in range(4):
+            layers += [nn.Conv2d(c, width, 4, 2, 1), nn.ReLU()]
+            c = width
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * 16, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, w_dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x1_mean: Tensor) -> Tensor:
+        return self.net(x1_mean)
+
+
 class SecondStage(nn.Module):
     """The stage-2 contract, obeyed by every stage 2 (evaluation, CLI and figures use nothing else).
 
@@ -163,6 +182,7 @@ class SecondStage(nn.Module):
     def fit(self, stage1: nn.Module, data: Tensor | Dataset, *, steps: int = 10_000,
             batch_size: int = 64, lr: float = 5e-4,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
+            checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True, seed: int = 0,
             time_limit: float | None = None) -> list[dict]:
         """Trains this stage on random batches of ``data`` with ``stage1`` (a ``DisentangledVAE``)
@@ -194,7 +214,8 @@ class SecondStage(nn.Module):
                         resume=resume, states={"model": self, "optimizer": optimizer},
                         settings=settings, generator=generator, history=self.history, steps=steps,
                         time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
-                        checkpoint_every=checkpoint_every, progress=progress, desc="stage 2")
+                        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                        progress=progress, desc="stage 2")
         self.eval()
         return self.history
 
@@ -211,13 +232,19 @@ class VAEStage2(SecondStage):
         encoder: ``q(w | x, x1)``'s network: ``"pooled"`` (``PooledConvEncoder``, blind to position;
             on the quick dSprites preset it gave a better bound, sharper reconstructions and less
             position in ``w`` than ``"dense"``, the ``ConvEncoder`` of stage 1).
+        centred: ``q(w | x, x1)``'s mean is the encoder's output ``m(x, x1)`` minus ``r(x1)``, a
+            regression of ``m`` on ``x1`` (``ConditionalMean``) trained alongside, so that
+            ``E_q[w | x1] ~ 0``: ``w`` carries no first-moment trace of ``z``, as its prior
+            ``p(w)`` independent of ``z`` says. Lossless (the decoder sees ``x1``) and it can only
+            lower the KL: ``E||m - E[m | x1]||^2 <= E||m||^2``. ``r`` learns from
+            ``||m - r(x1)||^2 / 2`` with ``m`` held fixed (the KL's mean term), nothing else.
     """
 
     bound = "elbo"
 
     def __init__(self, channels: int = 1, w_dim: int = 16, width: int = 32, hidden: int = 256,
                  likelihood: str = "bernoulli", free_bits: float = 0.0, kl_warmup: int = 1000,
-                 encoder: str = "pooled"):
+                 encoder: str = "pooled", centred: bool = True):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -229,42 +256,55 @@ class VAEStage2(SecondStage):
             raise ValueError(f"encoder must be one of {tuple(ENCODERS)}, got {encoder!r}")
         self.config = dict(kind="vae", channels=channels, w_dim=w_dim, width=width, hidden=hidden,
                            likelihood=likelihood, free_bits=free_bits, kl_warmup=kl_warmup,
-                           encoder=encoder)
+                           encoder=encoder, centred=centred)
         self.w_dim, self.likelihood = w_dim, likelihood
         self.free_bits, self.kl_warmup = free_bits, kl_warmup
         self.encoder = ENCODERS[encoder](w_dim, 3 * channels, width, hidden)
         nn.init.zeros_(self.encoder.head[-1].weight)  # q(w | x, x1) starts as the prior
         nn.init.zeros_(self.encoder.head[-1].bias)
+        self.centre = ConditionalMean(w_dim, channels, width, hidden) if centred else None
         self.decoder = RefinementDecoder(w_dim, channels, width, hidden)
         self.history: list[dict] = []
 
-    def posterior(self, x: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """``q(w | x, x1)``: (mu, logvar) ``[B, w_dim]``."""
+    def _posterior(self, x: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``q(w | x, x1)``'s (mu, logvar) ``[B, w_dim]`` and the centring loss ``[]``."""
         if x.shape != x1_mean.shape:
             raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
-        return self.encoder(torch.cat([x, x1_mean, x - x1_mean], 1))
+        m, logvar = self.encoder(torch.cat([x, x1_mean, x - x1_mean], 1))
+        if self.centre is None:
+            return m, logvar, m.new_zeros(())
+        r = self.centre(x1_mean)
+        return m - r.detach(), logvar, 0.5 * (m.detach() - r).pow(2).sum(1).mean()
+
+    def posterior(self, x: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(w | x, x1)``: (mu, logvar) ``[B, w_dim]``."""
+        return self._posterior(x, x1_mean)[:2]
 
     def mean_output(self, output: Tensor) -> Tensor:
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
-    def _posterior_draw(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor]:
-        """The decoder output at one ``w ~ q(w | x, x1)`` and the KL per dimension ``[B, w_dim]``."""
-        mu, logvar = self.posterior(x, x1_mean)
-        return self.decoder(x1, x1_mean, reparameterize(mu, logvar)), gaussian_kl(mu, logvar)
+    def _posterior_draw(self, x: Tensor, x1: Tensor,
+                        x1_mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder output at one ``w ~ q(w | x, x1)``, the KL per dimension ``[B, w_dim]`` and
+        the centring loss ``[]``."""
+        mu, logvar, centring = self._posterior(x, x1_mean)
+        return self.decoder(x1, x1_mean, reparameterize(mu, logvar)), gaussian_kl(mu, logvar), centring
 
     def training_loss(self, x, x1, x1_mean, step):
-        """Negative ELBO with the KL warm-up (``kl_penalty``); terms: loss, recon, kl (nats per image)."""
-        output, kl = self._posterior_draw(x, x1, x1_mean)
+        """Negative ELBO with the KL warm-up (``kl_penalty``), plus the centring regression (its
+        gradient reaches ``r`` alone); terms: loss, recon, kl (nats per image), centring."""
+        output, kl, centring = self._posterior_draw(x, x1, x1_mean)
         recon = reconstruction_nll(x, output, self.likelihood).mean()
         kl_per_dim = kl.mean(0)
-        total = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
-        return total, {"loss": total, "recon": recon, "kl": kl_per_dim.sum()}
+        elbo = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
+        return elbo + centring, {"loss": elbo, "recon": recon, "kl": kl_per_dim.sum(),
+                                 "centring": centring}
 
     @torch.no_grad()
     def log_likelihood_bound(self, x, x1, x1_mean):
         """The ELBO ``E_q[log p(x | x1, w)] - KL(q(w | x, x1) || p(w))`` (one draw of ``w``) ``[B]``
         and the KL per dimension ``w_kl [B, w_dim]``."""
-        output, kl = self._posterior_draw(x, x1, x1_mean)
+        output, kl, _ = self._posterior_draw(x, x1, x1_mean)
         return {"log_likelihood": log_likelihood(x, output, self.likelihood) - kl.sum(1), "w_kl": kl}
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from msvae.losses import BetaTCVAELoss, gaussian_kl
 from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
-from msvae.models.training import kl_penalty, load_checkpoint, save_checkpoint
+from msvae.models.training import build_from_file, kl_penalty, save_checkpoint
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 
@@ -269,6 +269,15 @@ class TabularSynthesizer:
                  progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
             raise ValueError(f"stage2 must be one of {tuple(TABULAR_STAGE2)} or None, got {stage2!r}")
+        for name, value in (("latent_dim", latent_dim), ("epochs", epochs),
+                            ("stage2_epochs", stage2_epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, value in (("lr", lr), ("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (
+                    name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
+                                 f"got {value!r}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
                             beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
                             batch_size=batch_size, lr=lr, continuous=continuous,
@@ -328,7 +337,8 @@ class TabularSynthesizer:
                stage: str = "full"):
         """``n`` synthetic rows as a DataFrame. ``fixed`` holds chosen factors of ``z`` at values
         (``{k: value}``), the rest drawn from the prior; ``stage="stage1"`` samples stage 1 alone.
-        ``seed`` (default: the synthesizer's) makes the draw reproducible."""
+        Each call draws fresh rows (torch's global RNG); a ``seed`` makes the draw reproducible
+        (and leaves the global RNG as it was)."""
         self._check_fitted()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
@@ -338,12 +348,17 @@ class TabularSynthesizer:
         bad = [k for k in (fixed or {}) if not 0 <= k < D]
         if bad:
             raise ValueError(f"fixed factors must be in [0, {D}), got {bad}")
-        with torch.random.fork_rng(devices=[]):  # seeded draws that leave the global RNG as it was
-            torch.manual_seed(self.options["seed"] if seed is None else seed)
-            z = torch.randn(n, D, device=self.device)
-            for k, value in (fixed or {}).items():
-                z[:, k] = value
-            return self.transformer.inverse_transform(self._rows(z, stage))
+        if seed is None:
+            return self._sample(n, fixed, stage)
+        with torch.random.fork_rng(devices=[self.device] if torch.device(self.device).type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._sample(n, fixed, stage)
+
+    def _sample(self, n: int, fixed: dict[int, float] | None, stage: str):
+        z = torch.randn(n, self.options["latent_dim"], device=self.device)
+        for k, value in (fixed or {}).items():
+            z[:, k] = value
+        return self.transformer.inverse_transform(self._rows(z, stage))
 
     @torch.no_grad()
     def _rows(self, z: Tensor, stage: str = "full") -> np.ndarray:
@@ -423,16 +438,16 @@ class TabularSynthesizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "TabularSynthesizer":
-        state = load_checkpoint(path)
-        if state is None:
-            raise FileNotFoundError(f"no synthesizer file at {path}")
-        synthesizer = cls(**state["options"], device=device, progress=False)
-        synthesizer._build(TabularTransformer.from_state(state["transformer"]))
-        synthesizer.stage1.load_state_dict(state["stage1"])
-        synthesizer.likelihood.load_state_dict(state["likelihood"])
-        synthesizer.stage1.history = state["history"]["stage1"]
-        if synthesizer.stage2 is not None:
-            synthesizer.stage2.load_state_dict(state["stage2"])
-            synthesizer.stage2.history = state["history"]["stage2"]
-        synthesizer.stage1.eval()
-        return synthesizer
+        def build(state: dict) -> "TabularSynthesizer":
+            synthesizer = cls(**state["options"], device=device, progress=False)
+            synthesizer._build(TabularTransformer.from_state(state["transformer"]))
+            synthesizer.stage1.load_state_dict(state["stage1"])
+            synthesizer.likelihood.load_state_dict(state["likelihood"])
+            synthesizer.stage1.history = state["history"]["stage1"]
+            if synthesizer.stage2 is not None:
+                synthesizer.stage2.load_state_dict(state["stage2"])
+                synthesizer.stage2.history = state["history"]["stage2"]
+            synthesizer.stage1.eval()
+            return synthesizer
+
+        return build_from_file(path, build)

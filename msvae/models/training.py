@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+T = TypeVar("T")
 
 
 def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
@@ -49,11 +53,39 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:
     """The state saved at ``path`` or None when there is none. Loads tensors and plain containers
-    only (``weights_only=True``): no pickled code runs."""
+    only (``weights_only=True``): no pickled code runs. A file that holds code is refused, and any
+    other file that is not an msvae file (empty, truncated, garbage) is a ``ValueError`` naming
+    it."""
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):
+            raise ValueError(f"{path} was refused for safety: it contains pickled Python objects "
+                             f"(code that would run on loading), which msvae files never do") from None
+        raise ValueError(f"{path} is not an msvae model file (not a torch file of tensors)") from None
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError) as error:
+        reason = str(error).split(".")[0] or type(error).__name__
+        raise ValueError(f"{path} is not an msvae model file ({reason})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not an msvae model file (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def build_from_file(path: str | os.PathLike, build: Callable[[dict], T]) -> T:
+    """``build(state)`` of the msvae file at ``path`` (``load_checkpoint``): a missing file is a
+    ``FileNotFoundError``; a state ``build`` cannot use (keys or shapes of something else) a
+    ``ValueError`` naming the file."""
+    state = load_checkpoint(path)
+    if state is None:
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        return build(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        raise ValueError(f"{path} is not an msvae model file of this kind "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 def linear_warmup(step: int, warmup_steps: int) -> float:
@@ -83,10 +115,10 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
     ``settings`` and ``extra``. Resuming a checkpoint written with other ``settings`` is a
     ``ValueError``; ``time_limit`` (seconds) counts the time of earlier runs too, so an
     interrupted time-limited stage finishes its budget and a completed one does not train again.
-    ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, progress, desc).
+    ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, checkpoint_seconds, progress, desc).
     """
     path = None if path is None else Path(path)
-    start, trained = 0, 0.0
+    start, trained, pending = 0, 0.0, None
     state = load_checkpoint(path) if (path is not None and resume) else None
     if state is not None:
         changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
@@ -103,39 +135,55 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start, trained = state["step"], state.get("train_seconds", 0.0)
         history[:] = state["history"]
+        pending = state.get("pending")
     began = time.monotonic()
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, pending: dict) -> None:
         save_checkpoint(path, {
             **{name: obj.state_dict() if obj is not None else None for name, obj in states.items()},
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "step": step, "history": history, "settings": settings,
+            "step": step, "history": history, "pending": pending, "settings": settings,
             "train_seconds": trained + time.monotonic() - began, **(extra or {})})
 
     remaining = None if time_limit is None else time_limit - trained
     if state is None or remaining is None or remaining > 0:
         run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
-                  checkpoint=checkpoint if path is not None else None, **loop)
+                  checkpoint=checkpoint if path is not None else None, seconds_before=trained,
+                  pending=pending, **loop)
     return history
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: int,
               history: list[dict], log_every: int = 50,
-              checkpoint: Callable[[int], None] | None = None, checkpoint_every: int = 1000,
-              progress: bool = True, desc: str = "training",
-              time_limit: float | None = None) -> list[dict]:
-    """Calls ``step_fn(step)`` for step in [start, steps), with a progress bar showing the running
-    mean of the returned terms. Every ``log_every`` steps their mean is appended to ``history``
-    (with the step); ``checkpoint(step)`` runs every ``checkpoint_every`` steps and at the end.
-    With ``time_limit`` (seconds) training stops early, at the end of the step that reaches it.
-    Non-finite terms stop training with a ``FloatingPointError``.
+              checkpoint: Callable[[int, dict], None] | None = None, checkpoint_every: int = 1000,
+              checkpoint_seconds: float = 60.0, progress: bool = True, desc: str = "training",
+              time_limit: float | None = None, seconds_before: float = 0.0,
+              log_seconds: float = 30.0, pending: dict | None = None) -> list[dict]:
+    """Calls ``step_fn(step)`` for step in [start, steps). Every ``log_every`` steps the mean of the
+    returned terms is appended to ``history`` with the step and ``seconds`` (training time so far,
+    ``seconds_before`` included). ``checkpoint(step, pending)`` runs every ``checkpoint_every``
+    steps, every ``checkpoint_seconds`` of wall time, and at the end; ``pending`` (the sums of the
+    terms not yet logged, and their count) is what a resumed run passes back, so its history is
+    the uninterrupted one. With ``time_limit`` (seconds) training
+    stops early, at the end of the step that reaches it, and says so. ``progress``: a bar on a
+    terminal, one line every ``log_seconds`` otherwise. Non-finite terms stop training with a
+    ``FloatingPointError``.
     """
-    deadline = None if time_limit is None else time.monotonic() + time_limit
-    sums: dict[str, float] = {}
-    count = 0
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress,
+    began = time.monotonic()
+    deadline = None if time_limit is None else began + time_limit
+    last_checkpoint = last_line = began
+    sums: dict[str, float] = dict((pending or {}).get("sums", {}))
+    count = int((pending or {}).get("count", 0))
+    terminal = progress and sys.stderr.isatty()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not terminal,
                dynamic_ncols=True)
+    means: dict[str, float] = {}
     for step in bar:
         terms = step_fn(step)
         bad = [k for k, v in terms.items() if not math.isfinite(v)]
@@ -145,15 +193,27 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         done = step + 1
-        out_of_time = deadline is not None and time.monotonic() >= deadline
+        now = time.monotonic()
+        out_of_time = deadline is not None and now >= deadline
         if done % log_every == 0 or done == steps or out_of_time:
             means = {k: v / count for k, v in sums.items()}
-            history.append({"step": done, **means})
+            history.append({"step": done, **means, "seconds": seconds_before + now - began})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("loss", "recon", "kl", "tc")})
             sums, count = {}, 0
-        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time):
-            checkpoint(done)
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time
+                                       or now - last_checkpoint >= checkpoint_seconds):
+            checkpoint(done, {"sums": sums, "count": count})
+            last_checkpoint = time.monotonic()
+        if progress and not terminal and (now - last_line >= log_seconds or done == steps):
+            rate = (done - start) / max(now - began, 1e-9)
+            shown = ", ".join(f"{k}={v:.3g}" for k, v in means.items())
+            print(f"{desc}: step {done}/{steps} ({100 * done / steps:.0f}%), {rate:.2f} it/s, "
+                  f"ETA {_duration((steps - done) / rate)}{', ' + shown if shown else ''}",
+                  file=sys.stderr, flush=True)
+            last_line = now
         if out_of_time:
+            if progress:
+                bar.write(f"{desc}: stopped by its time limit at step {done} of {steps}", file=sys.stderr)
             break
     bar.close()
     return history

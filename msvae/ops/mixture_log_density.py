@@ -58,6 +58,18 @@ def mixture_weights(weights: str, num_queries: int, batch_size: int,
     return _SCHEME_STRATIFIED, -math.log(M), -math.log(N), math.log((N - M) / (N * M))
 
 
+def logvar_limit(dtype: torch.dtype) -> float:
+    """The documented range ``[-limit, limit]`` of ``logvar``: 600 in float64, 60 otherwise (the
+    kernels compute in at least float32, where ``exp(60) ~ 1e26`` leaves room for squared
+    distances up to ~1e12 before a log-density leaves float32's range). Outside it the op refuses
+    (``ValueError``) rather than return an inaccurate or non-finite value."""
+    return 600.0 if dtype == torch.float64 else 60.0
+
+
+def _check_values(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
+    check_finite(bounds={"logvar": logvar_limit(x.dtype)}, x=x, mu=mu, logvar=logvar)
+
+
 def _validate(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
     check_tensors(x=x, mu=mu, logvar=logvar)
     for name, t in (("x", x), ("mu", mu), ("logvar", logvar)):
@@ -80,7 +92,8 @@ def mixture_log_density(x: Tensor, mu: Tensor, logvar: Tensor, *, weights: str =
 
     Args:
         x: queries ``[Q, D]`` (for the TC estimators, the sampled codes ``z`` of the batch).
-        mu, logvar: component means and log-variances ``[B, D]`` (the batch's posteriors).
+        mu, logvar: component means and log-variances ``[B, D]`` (the batch's posteriors);
+            ``logvar`` within ``[-logvar_limit(dtype), logvar_limit(dtype)]`` (60 in float32).
         weights: ``"mws"``, ``"mss"`` or ``"uniform"`` (see ``mixture_weights``).
         dataset_size: ``N``, required by ``"mws"`` and ``"mss"``; at least ``B``.
         backend: ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``; default from the device
@@ -95,7 +108,7 @@ def mixture_log_density(x: Tensor, mu: Tensor, logvar: Tensor, *, weights: str =
     scheme, base, diag, nxt = mixture_weights(weights, x.shape[0], mu.shape[0], dataset_size)
     if backend == "reference":
         if not torch.compiler.is_compiling():
-            check_finite(x=x, mu=mu, logvar=logvar)
+            _check_values(x, mu, logvar)
         return reference.mixture_log_density(x, mu, logvar, scheme, base, diag, nxt)
     return _fused(x.contiguous(), mu.contiguous(), logvar.contiguous(), scheme, base, diag, nxt, backend)
 
@@ -161,7 +174,7 @@ _BACKWARD = {"cpu": _backward_cpu, "cuda": _backward_cuda, "triton": _backward_t
 @torch.library.custom_op("msvae::mixture_log_density", mutates_args=())
 def _fused(x: Tensor, mu: Tensor, logvar: Tensor, scheme: int, base: float, diag: float,
            next_: float, backend: str) -> tuple[Tensor, Tensor]:
-    check_finite(x=x, mu=mu, logvar=logvar)
+    _check_values(x, mu, logvar)
     with device_scope(x):
         return _FORWARD[backend](x, mu, logvar, (scheme, base, diag, next_))
 

@@ -21,12 +21,21 @@ def check_tensors(**tensors: Tensor) -> None:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
 
 
-def check_finite(**tensors: Tensor) -> None:
-    """No argument holds NaN or Inf (one host synchronisation for all of them)."""
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
-    if not bool(finite.all()):
-        name = list(tensors)[int((~finite).nonzero()[0, 0])]
-        raise ValueError(f"{name} contains NaN or Inf values")
+def check_finite(bounds: dict[str, float] | None = None, **tensors: Tensor) -> None:
+    """No argument holds NaN or Inf, and those named in ``bounds`` lie within ``[-b, b]`` (one
+    host synchronisation for all of them)."""
+    bounds = bounds or {}
+    flags = [torch.isfinite(t).all() for t in tensors.values()]
+    flags += [(tensors[name].abs() <= bound).all() for name, bound in bounds.items()]
+    ok = torch.stack(flags)
+    if not bool(ok.all()):
+        first = int((~ok).nonzero()[0, 0])
+        if first < len(tensors):
+            raise ValueError(f"{list(tensors)[first]} contains NaN or Inf values")
+        name, bound = list(bounds.items())[first - len(tensors)]
+        t = tensors[name]
+        raise ValueError(f"{name} must lie in [-{bound:g}, {bound:g}] for {t.dtype} (the range in "
+                         f"which the op is accurate); got values in [{float(t.min()):g}, {float(t.max()):g}]")
 
 
 def check_number(name: str, value, *, positive: bool = False) -> None:

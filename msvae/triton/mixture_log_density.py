@@ -138,8 +138,8 @@ def _bwd_rows_kernel(gj_ptr, gm_ptr, x_ptr, mu_ptr, lv_ptr, joint_ptr, marg_ptr,
         j = j0 + tl.arange(0, BB)
         diff, p, f2, s = _tile_log_density(x, mu_ptr, lv_ptr, i, j, d, B, D, base2, diag2, next2,
                                            half_log2e, log_2pi, SCHEME, acc_t)
-        pj = tl.exp2(s - j2[:, None])
-        rm = tl.exp2(f2 - m2[:, None, :])
+        pj = tl.exp2(tl.minimum(s - j2[:, None], 0.0))  # responsibilities: <= 1
+        rm = tl.exp2(tl.minimum(f2 - m2[:, None, :], 0.0))
         q = diff * p[None, :, :]
         z_j += tl.sum(pj, axis=1)
         a_j += tl.sum(pj[:, :, None] * q, axis=1)
@@ -191,7 +191,8 @@ def _bwd_cols_kernel(gj_ptr, gm_ptr, x_ptr, mu_ptr, lv_ptr, lzj_ptr, lzm_ptr, dm
             lw = _log_weights(i, j, B, base2, diag2, next2)
             s = s + lw
             f2 = f2 + lw[:, :, None]
-        g = (gj[:, None] * tl.exp2(s - lzj[:, None]))[:, :, None] + gm[:, None, :] * tl.exp2(f2 - lzm[:, None, :])
+        g = ((gj[:, None] * tl.exp2(tl.minimum(s - lzj[:, None], 0.0)))[:, :, None]
+             + gm[:, None, :] * tl.exp2(tl.minimum(f2 - lzm[:, None, :], 0.0)))
         a += tl.sum(g * diff, axis=0)
         b += tl.sum(g * sq, axis=0)
         c += tl.sum(g, axis=0)
