@@ -156,16 +156,17 @@ def test_nll_bound_is_stage1s_negative_elbo():
 
 
 def test_pooled_w_encoder_does_not_see_where_the_object_is():
-    """Shifted by a multiple of its stride (8 px), away from the borders, an image gets the same
-    ``q(w | x, x1)``: ``w`` cannot copy the position that ``z`` gives."""
+    """Shifted by a multiple of its stride (8 px), away from the borders, an image and its ``x1``
+    get the same ``q(w | x, x1)``, centring included: ``w`` cannot copy the position ``z`` gives."""
     from msvae.models import VAEStage2
 
     stage2 = VAEStage2(w_dim=4, width=8, hidden=16, encoder="pooled")
     torch.nn.init.normal_(stage2.encoder.head[-1].weight)  # not the prior: a real map
+    torch.nn.init.normal_(stage2.centre.net.head[-1].weight)  # and a real centring r(x1)
     x = torch.zeros(2, 1, 64, 64)
     x[0, 0, 24:32, 24:30] = 1.0
     x[1, 0, 32:40, 32:38] = 1.0  # the same shape, 8 px down and right
-    x1_mean = torch.full_like(x, 0.1)
+    x1_mean = 0.3 + 0.5 * x  # stage 1's blurred guess, shifted with it
     mu, logvar = stage2.posterior(x, x1_mean)
     torch.testing.assert_close(mu[0], mu[1])
     torch.testing.assert_close(logvar[0], logvar[1])

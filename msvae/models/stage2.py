@@ -107,8 +107,12 @@ class PooledConvEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                   nn.Linear(hidden, 2 * latent_dim))
 
+    def features(self, x: Tensor) -> Tensor:
+        """``[B, 2 * width]``: the largest response of each channel over all positions."""
+        return self.convs(x).amax((2, 3))
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.head(self.convs(x).amax((2, 3))).chunk(2, dim=1)
+        mu, logvar = self.head(self.features(x)).chunk(2, dim=1)
         return mu, logvar
 
 
@@ -116,22 +120,21 @@ ENCODERS = {"dense": ConvEncoder, "pooled": PooledConvEncoder}
 
 
 class ConditionalMean(nn.Module):
-    """``r(x1) ~ E_q[mu_w | x1]``: 4 stride-2 convolutions and two dense layers,
-    ``x1_mean [B, C, 64, 64]`` -> ``[B, w_dim]``; the last layer starts at zero (``r = 0``)."""
+    """``r(x1) ~ E_q[m | x1]``, the regression of ``q(w | x, x1)``'s uncentred mean ``m`` on
+    ``x1_mean [B, C, 64, 64]`` -> ``[B, w_dim]``. It has the encoder's architecture (``encoder``, a
+    key of ``ENCODERS``) on ``x1`` alone, so it is blind to what the encoder is blind to: a
+    position-blind ``m`` centred by a position-aware ``r`` would gain the position that ``r``'s
+    errors carry. The last layer starts at zero (``r = 0``)."""
 
-    def __init__(self, w_dim: int, channels: int, width: int = 32, hidden: int = 256):
+    def __init__(self, w_dim: int, channels: int, encoder: str, width: int = 32, hidden: int = 256):
         super().__init__()
-        layers, c = [], channels
-        for _ in range(4):
-            layers += [nn.Conv2d(c, width, 4, 2, 1), nn.ReLU()]
-            c = width
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * 16, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, w_dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = ENCODERS[encoder](w_dim, channels, width, hidden)
+        self.net.head[-1] = nn.Linear(self.net.head[-1].in_features, w_dim)  # the mean alone
+        nn.init.zeros_(self.net.head[-1].weight)
+        nn.init.zeros_(self.net.head[-1].bias)
 
     def forward(self, x1_mean: Tensor) -> Tensor:
-        return self.net(x1_mean)
+        return self.net.head(self.net.features(x1_mean))
 
 
 class SecondStage(nn.Module):
@@ -262,7 +265,7 @@ class VAEStage2(SecondStage):
         self.encoder = ENCODERS[encoder](w_dim, 3 * channels, width, hidden)
         nn.init.zeros_(self.encoder.head[-1].weight)  # q(w | x, x1) starts as the prior
         nn.init.zeros_(self.encoder.head[-1].bias)
-        self.centre = ConditionalMean(w_dim, channels, width, hidden) if centred else None
+        self.centre = ConditionalMean(w_dim, channels, encoder, width, hidden) if centred else None
         self.decoder = RefinementDecoder(w_dim, channels, width, hidden)
         self.history: list[dict] = []
 
