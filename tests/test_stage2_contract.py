@@ -166,7 +166,7 @@ def test_pooled_w_encoder_does_not_see_where_the_object_is():
     x = torch.zeros(2, 1, 64, 64)
     x[0, 0, 24:32, 24:30] = 1.0
     x[1, 0, 32:40, 32:38] = 1.0  # the same shape, 8 px down and right
-    x1_mean = 0.3 + 0.5 * x  # stage 1's blurred guess, shifted with it
+    x1_mean = 0.5 * x  # stage 1's fainter guess, shifted with it
     mu, logvar = stage2.posterior(x, x1_mean)
     torch.testing.assert_close(mu[0], mu[1])
     torch.testing.assert_close(logvar[0], logvar[1])
