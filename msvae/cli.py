@@ -73,6 +73,7 @@ def _number(minimum: float | None = None, strict: bool = True, integer: bool = F
 
 
 POSITIVE_INT, POSITIVE, NONNEGATIVE = _number(0, integer=True), _number(0), _number(0, strict=False)
+EVAL_SIZE = _number(20, strict=False, integer=True)
 
 
 def _fraction(text: str) -> float:
@@ -185,6 +186,7 @@ def _print_summary(results: dict) -> None:
     if "samples" in results:
         summary["sample_frechet_distance"] = results["samples"]["frechet_distance"]
         summary["w_leak_max_captured"] = results["w_leak"]["max_captured"]
+        summary["w_leak_max_of_z_captured"] = results["w_leak"]["max_of_z_captured"]
         summary["traversal_fidelity"] = {k: results["traversal_fidelity"][k] for k in ("stage1", "full")}
     print(json.dumps(summary, indent=1))
 
@@ -346,7 +348,8 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--warmup", type=_number(0, strict=False, integer=True), default=d(0),
                         help="steps of linear warm-up of the stage-1 penalty")
     parser.add_argument("--held-out", type=_fraction, default=0.1, help="fraction of images held out")
-    parser.add_argument("--eval-size", type=POSITIVE_INT, default=d(10_000), help="held-out images evaluated")
+    parser.add_argument("--eval-size", type=EVAL_SIZE, default=d(10_000),
+                        help="held-out images evaluated (at least 20: the metrics need that many)")
     parser.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1000,
                         help="steps between checkpoints (one is also written every minute)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model's weights, batches and draws")
@@ -394,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = commands.add_parser("eval", help="re-evaluate a run's model on held-out images")
     e.add_argument("run", help="run folder written by msvae fit")
-    e.add_argument("--eval-size", type=POSITIVE_INT, default=None, help="held-out images (default: the run's)")
+    e.add_argument("--eval-size", type=EVAL_SIZE, default=None, help="held-out images (default: the run's)")
     e.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     e.set_defaults(func=evaluate)
 

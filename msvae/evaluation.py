@@ -165,16 +165,31 @@ ACTIVE_KL = 0.1  # a latent z_j is active when its mean KL(q || p) exceeds this 
 
 def w_leak_report(w: Tensor | np.ndarray, mu: Tensor | np.ndarray, factors: np.ndarray,
                   classes: np.ndarray, names, seed: int = 0) -> dict:
-    """What stage 2's codes ``w [N, W]`` say about the factors: ``metrics.code_leak`` of ``w``
-    against each factor's classes ``[N, K]``, reported separately for the factors ``z`` captures
-    (normalised MI of ``mu [N, D]`` with ``factors [N, K]`` at least ``CAPTURED_NMI``; there ``w``
-    should carry nothing) and those it misses (where ``w`` may carry the missing detail)."""
+    """What stage 2's codes ``w [N, W]`` say about the factors (``classes [N, K]``), given what
+    stage 1's ``mu [N, D]`` says:
+
+    - ``captured`` / ``missed``: ``metrics.code_leak`` of ``w`` against each factor itself, for the
+      factors ``z`` captures (normalised MI with ``factors [N, K]`` at least ``CAPTURED_NMI``) and
+      for those it misses. For a factor ``z`` captures only in part, ``w`` carrying the rest (what
+      a sharp reconstruction needs and stage 1 lacks) shows here too.
+    - ``of_z``: ``code_leak`` of ``w`` against each factor's classes *as predicted from* ``mu``
+      (``metrics.predicted_classes``): how much of what ``z`` says about the factor ``w`` repeats.
+      0 when ``w`` is independent of ``z`` — the model's assumption — whatever ``w`` adds;
+      ``max_of_z_captured`` is its maximum over the captured factors, ``z_accuracy`` how well
+      ``mu`` predicts each factor.
+    """
     nmi = normalized_mutual_info(mu, factors).max(0)
     leak = metrics.code_leak(w, classes, seed=seed)
+    z_classes, z_accuracy = metrics.predicted_classes(mu, classes)
+    of_z = metrics.code_leak(w, z_classes, seed=seed)
     captured = {n: float(v) for n, v, c in zip(names, leak, nmi >= CAPTURED_NMI) if c}
     missed = {n: float(v) for n, v, c in zip(names, leak, nmi >= CAPTURED_NMI) if not c}
+    of_z_captured = [float(v) for v, c in zip(of_z, nmi >= CAPTURED_NMI) if c]
     return {"captured": captured, "missed": missed,
             "max_captured": max(captured.values()) if captured else None,
+            "of_z": dict(zip(names, of_z.tolist())),
+            "max_of_z_captured": max(of_z_captured) if of_z_captured else None,
+            "z_accuracy": dict(zip(names, z_accuracy.tolist())),
             "z_nmi": dict(zip(names, nmi.tolist()))}
 
 

@@ -49,6 +49,8 @@ def test_fit_eval_traverse_sample(tmp_path, capsys):
     assert set(samples["frechet_distance"]) == {"stage1", "full"}
     assert set(samples["coverage_tv"]["full"]) == set(samples["classifier_accuracy"]) == {
         "shape", "scale", "orientation", "pos_x", "pos_y"}
+    assert set(metrics["w_leak"]["of_z"]) == set(metrics["w_leak"]["z_accuracy"]) == set(
+        samples["classifier_accuracy"])
     assert set(metrics["w_leak"]["captured"]) | set(metrics["w_leak"]["missed"]) == set(
         samples["classifier_accuracy"])
     assert {"stage1", "full", "dims"} <= set(metrics["traversal_fidelity"])
@@ -109,7 +111,8 @@ def test_seed_makes_a_fit_reproducible_and_a_changed_rerun_keeps_the_record(tmp_
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--stage1-minutes", "nan"], "--stage1-minutes: must be a finite number > 0, got 'nan'"),
     (["fit", "--stage2-minutes", "-1"], "--stage2-minutes: must be a finite number > 0"),
-    (["fit", "--eval-size", "0"], "--eval-size: must be an integer > 0"),
+    (["fit", "--eval-size", "0"], "--eval-size: must be an integer >= 20"),
+    (["fit", "--eval-size", "5"], "--eval-size: must be an integer >= 20"),
     (["fit", "--batch-size", "0"], "--batch-size: must be an integer > 0"),
     (["fit", "--held-out", "1.5"], "--held-out: must be in \\(0, 1\\)"),
     (["fit", "--beta", "inf"], "--beta: must be a finite number >= 0"),

@@ -50,6 +50,29 @@ def test_code_leak_is_high_for_a_copied_factor_and_zero_for_noise():
     assert metrics.code_leak(wide, classes[:400]).shape == (2,)
 
 
+def test_leak_of_z_separates_duplicating_z_from_adding_what_z_misses():
+    """Factor 0 is captured by z; factor 1 (8 classes) only coarsely (z sees class // 4). A ``w``
+    that carries factor 1's fine part (class % 4) predicts factor 1 itself — ``code_leak`` is high
+    — but not what z says about it: ``code_leak`` of ``predicted_classes(z)`` is ~0. A ``w`` that
+    copies z's factor 0 is high on both; noise on neither."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    classes = np.stack([rng.integers(0, 4, n), rng.integers(0, 8, n)], 1)
+    z = np.stack([classes[:, 0] + 0.1 * rng.normal(size=n), classes[:, 1] // 4 + 0.1 * rng.normal(size=n),
+                  rng.normal(size=n)], 1)
+    predicted, accuracy = metrics.predicted_classes(z, classes)
+    assert accuracy[0] > 0.95 and 0.08 < accuracy[1] < 0.3  # z knows factor 1 in part (chance-corrected 1/7 at best)
+    fine = np.stack([classes[:, 1] % 4 + 0.1 * rng.normal(size=n), rng.normal(size=n)], 1)
+    copy = np.stack([classes[:, 0] + 0.3 * rng.normal(size=n), rng.normal(size=n)], 1)
+    noise = rng.normal(size=(n, 2))
+    assert metrics.code_leak(fine, classes)[1] > 0.2  # it predicts the factor...
+    assert abs(metrics.code_leak(fine, predicted)[1]) < 0.05  # ...but not what z says of it
+    assert metrics.code_leak(copy, predicted)[0] > 0.8
+    assert np.abs(metrics.code_leak(noise, predicted)).max() < 0.05
+    with pytest.raises(ValueError, match="at least 10 rows"):
+        metrics.predicted_classes(z[:5], classes[:5])
+
+
 def _render_traversal(codes):
     """A decoder that renders the factors directly: z_0 -> pos_x, z_1 -> pos_y (others fixed)."""
     idx = np.clip(((codes + 2.5) / 5 * 31.999).astype(int), 0, 31)

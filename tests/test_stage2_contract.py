@@ -163,6 +163,7 @@ def test_pooled_w_encoder_does_not_see_where_the_object_is():
     stage2 = VAEStage2(w_dim=4, width=8, hidden=16, encoder="pooled")
     torch.nn.init.normal_(stage2.encoder.head[-1].weight)  # not the prior: a real map
     torch.nn.init.normal_(stage2.centre.net.head[-1].weight)  # and a real centring r(x1)
+    stage2.centring_weight.fill_(1.0)
     x = torch.zeros(2, 1, 64, 64)
     x[0, 0, 24:32, 24:30] = 1.0
     x[1, 0, 32:40, 32:38] = 1.0  # the same shape, 8 px down and right
@@ -180,10 +181,14 @@ def test_centred_w_loses_its_dependence_on_x1_and_only_r_learns_the_centring():
     from msvae.models import VAEStage2
 
     torch.manual_seed(0)
-    stage2 = VAEStage2(w_dim=4, width=8, hidden=32, encoder="dense")
+    stage2 = VAEStage2(w_dim=4, width=8, hidden=32, encoder="dense", kl_warmup=10)
     torch.nn.init.normal_(stage2.encoder.head[-1].weight, std=0.3)  # m depends on where the square is
+    x = toy_images(4)
+    for step, weight in ((0, 0.0), (10, 0.0), (15, 0.5), (25, 1.0)):  # phased in after the KL's warm-up
+        stage2.training_loss(x, x, x, step)
+        assert float(stage2.centring_weight) == weight
     x = toy_images(128)
-    total, terms = stage2.training_loss(x, torch.logit(x.clamp(0.01, 0.99)), x, step=0)
+    total, terms = stage2.training_loss(x, torch.logit(x.clamp(0.01, 0.99)), x, step=100)
     centre = set(stage2.centre.parameters())
     elbo_grads = torch.autograd.grad(terms["loss"], [p for p in stage2.parameters()], allow_unused=True)
     assert all(g is None or float(g.abs().max()) == 0.0
@@ -199,7 +204,7 @@ def test_centred_w_loses_its_dependence_on_x1_and_only_r_learns_the_centring():
     optimizer = torch.optim.Adam(stage2.centre.parameters(), lr=5e-3)
     for _ in range(150):
         optimizer.zero_grad()
-        stage2.training_loss(x, x, x, step=0)[1]["centring"].backward()
+        stage2.training_loss(x, x, x, step=100)[1]["centring"].backward()
         optimizer.step()
     held_out = toy_images(128, seed=1)
     with torch.no_grad():

@@ -6,6 +6,8 @@ features, predicted factor classes and codes (the networks that produce them liv
 - ``factor_coverage``: total-variation distance between the predicted factor-class histograms of
   samples and of data, per factor.
 - ``code_leak``: how well a code (e.g. stage 2's ``w``) predicts each factor, chance-corrected.
+- ``predicted_classes``: what a code (e.g. stage 1's ``z``) says about each factor, as held-out
+  class predictions — the target for ``code_leak`` of "what ``w`` duplicates of ``z``".
 - ``traversal_fidelity``: whether a traversal changes its own factor and nothing else.
 """
 from __future__ import annotations
@@ -84,6 +86,38 @@ def code_leak(codes, classes, seed: int = 0, max_components: int = 64) -> np.nda
             warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
             scores.append(balanced_accuracy_score(test, model.predict(codes[half:]), adjusted=True))
     return np.array(scores, dtype=np.float64)
+
+
+def predicted_classes(codes, classes, folds: int = 5, neighbours: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Each factor's class as predicted from ``codes [N, D]`` alone, cross-fitted: a
+    ``neighbours``-nearest-neighbour classifier on the standardised codes, trained on all folds
+    but the row's own (``folds`` contiguous folds, so the rows' order is the only input besides
+    the data). Returns ``(predictions [N, K], accuracy [K])``, the chance-corrected balanced
+    accuracy of those predictions. ``code_leak(w, predictions)`` then measures how much of what
+    ``codes`` say about each factor ``w`` also says — 0 when ``w`` is independent of the codes,
+    whatever else ``w`` knows about the factor."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    codes = as_codes(codes)
+    classes = as_factors(classes, "classes", num_rows=codes.shape[0], allow_constant=True)
+    if len(codes) < 2 * folds:
+        raise ValueError(f"need at least {2 * folds} rows, got {len(codes)}")
+    model = make_pipeline(StandardScaler(), KNeighborsClassifier(min(neighbours, len(codes) // 2)))
+    predictions = np.stack([cross_val_predict(model, codes, classes[:, k], cv=KFold(folds))
+                            if len(np.unique(classes[:, k])) > 1 else classes[:, k]
+                            for k in range(classes.shape[1])], 1)
+    with warnings.catch_warnings():  # a class may never be predicted
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        accuracy = np.array([balanced_accuracy_score(classes[:, k], predictions[:, k], adjusted=True)
+                             if len(np.unique(classes[:, k])) > 1 else 0.0
+                             for k in range(classes.shape[1])])
+    return predictions, accuracy
 
 
 def traversal_fidelity(classes, own) -> dict:
