@@ -38,13 +38,13 @@ PRESETS = {
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
-                  w_centred=True, eval_size=2000),
+                  w_centred=True, components=8, eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
-                  w_centred=True, eval_size=10_000),
+                  w_centred=True, components=8, eval_size=10_000),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
@@ -233,10 +233,10 @@ def fit(args: argparse.Namespace) -> dict:
     torch.set_num_threads(config["threads"])
     dataset, train_idx, test_idx, eval_idx = _data(config)
     torch.manual_seed(config["seed"])  # the model's initial weights
-    stage2_options = (dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
-                           kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
-                           centred=config["w_centred"])
-                      if config["stage2"] == "vae" else FLOW_OPTIONS)
+    stage2_options = {"vae": dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
+                                  kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
+                                  centred=config["w_centred"]),
+                      "flow": FLOW_OPTIONS, "mog": dict(components=config["components"])}[config["stage2"]]
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
                                        **stage2_options).to(config["device"])
     model.fit(Subset(dataset, train_idx.tolist()),
@@ -378,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: 4,400 + 2,000 steps (about 45 min on a 2-core CPU); "
                         "paper: full length, for a GPU")
     _common(f, defaults=False)
-    f.add_argument("--stage2", choices=["vae", "flow"], default=None, help="second-stage model")
+    f.add_argument("--stage2", choices=["vae", "flow", "mog"], default=None,
+                   help="second-stage model: conditional VAE, flow, or mixture of K components")
+    f.add_argument("--components", type=_number(1, integer=True), default=None,
+                   help="components of the mixture stage 2 (--stage2 mog)")
     f.add_argument("--w-dim", type=POSITIVE_INT, default=None, help="size of w (VAE stage 2)")
     f.add_argument("--free-bits", type=NONNEGATIVE, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
     f.add_argument("--kl-warmup", type=_number(0, strict=False, integer=True), default=None, help="steps of linear warm-up of w's KL")

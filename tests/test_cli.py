@@ -77,6 +77,16 @@ def test_fit_with_flow_stage2(tmp_path):
     assert metrics["nll_bound"]["bound"] == "dequantized" and metrics["nll_bound"]["full"]["bits_per_dim"] > 0
 
 
+def test_fit_with_mixture_stage2(tmp_path):
+    out = tmp_path / "mog"
+    main(["fit", "--out", str(out), "--stage2", "mog", "--components", "3", *FIT, "--eval-size", "20"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nll_bound"]["bound"] == "exact" and "full_over_stage1" in metrics
+    assert json.loads((out / "config.json").read_text())["components"] == 3
+    for name in ("samples.png", "traversals.png", "reconstructions.png"):
+        assert (out / name).exists()
+
+
 def test_commands_refuse_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit, match="is not a run folder"):
         main(["eval", str(tmp_path)])

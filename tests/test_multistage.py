@@ -13,6 +13,8 @@ SMALL = {"width": 8, "hidden": 32}
 def small_model(stage2="vae", **options):
     if stage2 == "vae":
         options = {"w_dim": 4, "kl_warmup": 0, **options}
+    elif stage2 == "mog":
+        options = {"components": 3, **options}
     else:
         options = {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2,
                    **options}
@@ -109,8 +111,9 @@ def test_encode_decode_reconstruct_sample_traverse_shapes():
         model.traverse(0, values, w=torch.zeros(5))
 
 
-def test_save_load_round_trip_and_no_pickled_code(tmp_path):
-    model = small_model()
+@pytest.mark.parametrize("kind", ["vae", "mog"])
+def test_save_load_round_trip_and_no_pickled_code(tmp_path, kind):
+    model = small_model(kind)
     model.fit(toy_images(32), stage1_steps=2, stage2_steps=2, batch_size=8, progress=False)
     model.save(tmp_path / "model.pt")
     loaded = MultiStageModel.load(tmp_path / "model.pt")
@@ -118,24 +121,25 @@ def test_save_load_round_trip_and_no_pickled_code(tmp_path):
     torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x))
     assert loaded.config == model.config and loaded.history == model.history
     save_checkpoint(tmp_path / "evil.pt", {"config": torch.nn.ReLU()})
-    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+    with pytest.raises(ValueError, match="refused for safety"):
         MultiStageModel.load(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError):
         MultiStageModel.load(tmp_path / "missing.pt")
 
 
-def test_interrupted_fit_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("kind", ["vae", "mog"])
+def test_interrupted_fit_resumes_exactly(tmp_path, kind):
     data = toy_images(64)
     kwargs = dict(stage1_steps=6, stage2_steps=6, batch_size=16, log_every=2, progress=False,
                   checkpoint_every=2)
     torch.manual_seed(3)
-    straight = small_model()
+    straight = small_model(kind)
     initial = {k: v.clone() for k, v in straight.state_dict().items()}
     straight.fit(data, **kwargs)
-    interrupted = small_model()
+    interrupted = small_model(kind)
     interrupted.load_state_dict(initial)
     interrupted.fit(data, checkpoint_dir=tmp_path, **{**kwargs, "stage2_steps": 2})
-    resumed = small_model()
+    resumed = small_model(kind)
     resumed.fit(data, checkpoint_dir=tmp_path, **kwargs)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
@@ -186,3 +190,41 @@ def test_figures_are_written(tmp_path):
     assert [p.name for p in paths] == ["reconstructions.png", "traversals.png",
                                        "traversals_stage1.png", "samples.png", "samples_stage1.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_mixture_stage2_likelihood_is_the_sum_over_its_components():
+    """``log p(x | x1) = log sum_k pi_k(x1) prod_pixels Bernoulli(x | logits_k)``, brute force."""
+    model = small_model("mog", components=4).eval()
+    torch.nn.init.normal_(model.stage2.weights.net.head[-1].weight, std=0.5)  # unequal weights
+    x = toy_images(3)
+    x1, x1_mean = stage1_pair(model, x)
+    with torch.no_grad():
+        outputs = model.stage2.trunk(x1, x1_mean)  # [3, 4, 1, 64, 64]
+        log_pi = torch.log_softmax(model.stage2.weights(x1_mean), 1)
+    for i in range(3):
+        per_k = [float(log_pi[i, k]) - float(torch.nn.functional.binary_cross_entropy_with_logits(
+            outputs[i, k], x[i], reduction="sum")) for k in range(4)]
+        expected = max(per_k) + torch.tensor(per_k).sub(max(per_k)).exp().sum().log().item()
+        got = model.stage2.log_likelihood_bound(x[i:i + 1], x1[i:i + 1], x1_mean[i:i + 1])
+        assert float(got["log_likelihood"]) == pytest.approx(expected, rel=1e-5)
+        best = max(range(4), key=lambda k: per_k[k])  # reconstruction: the most probable component
+        w = model.stage2.encode(x[i:i + 1], x1[i:i + 1], x1_mean[i:i + 1])
+        torch.testing.assert_close(model.stage2.generate(x1[i:i + 1], x1_mean[i:i + 1], w)[0],
+                                   torch.sigmoid(outputs[i, best]))
+    with pytest.raises(ValueError, match="components must be >= 2"):
+        build_stage2({"kind": "mog", "components": 1})
+
+
+def test_mixture_w_from_its_prior_draws_components_by_their_weights():
+    model = small_model("mog", components=3).eval()
+    torch.nn.init.normal_(model.stage2.weights.net.head[-1].weight, std=1.0)
+    x1, x1_mean = stage1_pair(model, toy_images(1))
+    n = 6000
+    with torch.no_grad():
+        images = model.stage2.generate(x1.expand(n, -1, -1, -1), x1_mean.expand(n, -1, -1, -1),
+                                       model.stage2.sample_w(n))
+        means = torch.sigmoid(model.stage2.trunk(x1, x1_mean)[0])  # [3, 1, 64, 64]
+        pi = torch.softmax(model.stage2.weights(x1_mean), 1)[0]
+    picked = (images[:, None] - means[None]).abs().flatten(2).sum(2).argmin(1)
+    freq = torch.bincount(picked, minlength=3).double() / n
+    torch.testing.assert_close(freq, pi.double(), atol=0.03, rtol=0.0)

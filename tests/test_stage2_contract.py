@@ -20,8 +20,8 @@ DISCRETE = [False, True, True, True, True]
 
 
 def image_model(kind, **options):
-    options = ({"w_dim": 4, "kl_warmup": 0, **options} if kind == "vae" else
-               {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2})
+    options = {"vae": {"w_dim": 4, "kl_warmup": 0, **options}, "mog": {"components": 3, **options},
+               "flow": {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2}}[kind]
     return MultiStageModel.for_images(3, stage2=kind, stage1_options=SMALL, **options)
 
 
@@ -37,7 +37,8 @@ def tabular_rows(n=6):
 def stage2_cases():
     """(stage 2, x, x1, x1_mean, rebuild) for every stage-2 class."""
     cases = []
-    for kind, options in (("vae", {"encoder": "dense"}), ("vae", {"encoder": "pooled"}), ("flow", {})):
+    for kind, options in (("vae", {"encoder": "dense"}), ("vae", {"encoder": "pooled"}), ("flow", {}),
+                          ("mog", {})):
         model = image_model(kind, **options)
         x = toy_images(3)
         _, _, x1, x1_mean = sampled_stage1_output(model.stage1, x)

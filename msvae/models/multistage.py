@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msvae.models.stage1 import DisentangledVAE
-from msvae.models.stage2 import SecondStage, build_stage2
+from msvae.models.stage2 import STAGE2_KINDS, SecondStage, build_stage2
 from msvae.models.training import build_from_file, save_checkpoint
 
 RECONSTRUCTION_STAGES = ("full", "stage1")
@@ -43,11 +43,12 @@ class MultiStageModel(nn.Module):
                    **stage2_options) -> "MultiStageModel":
         """Conv stage 1 (``DisentangledVAE.for_images`` with ``stage1_options``: ``width``,
         ``hidden``) and a stage 2 of kind ``stage2`` with ``stage2_options`` (``w_dim``,
-        ``free_bits``, ``kl_warmup``, ``width``, ``hidden`` for ``"vae"``, whose network sizes
-        default to stage 1's; ``levels``, ``steps``, ``quantization``, ... for ``"flow"``)."""
+        ``free_bits``, ``kl_warmup``, ``width``, ``hidden`` for ``"vae"``; ``components``, ``width``,
+        ``hidden`` for ``"mog"``; ``levels``, ``steps``, ``quantization``, ... for ``"flow"``). A
+        stage 2 with ``uses_stage1_likelihood`` gets stage 1's likelihood and network sizes."""
         stage1_options = dict(stage1_options or {})
         first = DisentangledVAE.for_images(latent_dim, channels, likelihood=likelihood, **stage1_options)
-        if stage2 == "vae":
+        if getattr(STAGE2_KINDS.get(stage2), "uses_stage1_likelihood", False):
             stage2_options = {**stage1_options, "likelihood": likelihood, **stage2_options}
         return cls(first, build_stage2(dict(kind=stage2, channels=channels, **stage2_options)))
 

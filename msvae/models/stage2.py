@@ -14,6 +14,8 @@ stage 2 form the one model ``p(x) = integral p(x | x1(z), w) p(w) p(z) dz dw`` t
   in full (no free-bits floor after the warm-up).
 - ``FlowStage2``: the conditional multi-scale flow ``p(x | x1)`` on dequantised images; ``w`` is the
   flow's base variable (one value per pixel) and reconstruction through it is exact.
+- ``MixtureStage2``: a conditional mixture of ``K`` pixel-wise models, exact likelihood; ``w`` is
+  the component, as one standard normal number.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from msvae.models.networks import ConvEncoder, reparameterize
 from msvae.models.training import kl_penalty, linear_warmup, random_batches, train_resumably
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-BOUNDS = ("elbo", "dequantized", None)
+BOUNDS = ("elbo", "dequantized", "exact", None)
 
 
 def log_likelihood(x: Tensor, output: Tensor, likelihood: str) -> Tensor:
@@ -57,38 +59,49 @@ class RefinementDecoder(nn.Module):
     """``p(x | x1, w)`` on 64x64 images: ``x1 + U(x1_mean, w)``.
 
     ``U`` is a U-Net (4 stride-2 convolutions down to 4x4, skip connections up) with ``w`` joined at
-    the 4x4 bottleneck and added as a channel shift at every inner scale. Its last layer starts at
-    zero, so an untrained decoder returns ``x1``. ``x1, x1_mean [B, C, 64, 64]``, ``w [B, w_dim]``
-    -> output ``[B, C, 64, 64]``.
+    the 4x4 bottleneck and added as a channel shift at every inner scale (``w_dim = 0``: no ``w``).
+    Its last layer starts at zero, so an untrained decoder returns ``x1``. ``x1, x1_mean
+    [B, C, 64, 64]``, ``w [B, w_dim]`` -> output ``[B, C, 64, 64]``; with ``components = K > 1``,
+    ``K`` refinements at once, ``[B, K, C, 64, 64]``, and a last layer starting small and random
+    (identical components would stay identical).
     """
 
-    def __init__(self, w_dim: int, channels: int = 1, width: int = 32, hidden: int = 256):
+    def __init__(self, w_dim: int, channels: int = 1, width: int = 32, hidden: int = 256,
+                 components: int = 1):
         super().__init__()
-        self.w_dim, self.width = w_dim, width
+        self.w_dim, self.width, self.components = w_dim, width, components
         self.downs = nn.ModuleList(nn.Conv2d(channels if i == 0 else width, width, 4, 2, 1)
                                    for i in range(4))
         self.bottleneck = nn.Sequential(nn.Linear(width * 16 + w_dim, hidden), nn.ReLU(),
                                         nn.Linear(hidden, width * 16), nn.ReLU())
-        self.shifts = nn.Linear(w_dim, 3 * width)
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * width, width if i < 3 else channels, 4, 2, 1)
-                                 for i in range(4))
-        nn.init.zeros_(self.ups[-1].weight)
+        self.shifts = nn.Linear(w_dim, 3 * width) if w_dim else None
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * width, width if i < 3 else channels * components,
+                                                    4, 2, 1) for i in range(4))
+        if components == 1:
+            nn.init.zeros_(self.ups[-1].weight)
+        else:
+            self.ups[-1].weight.data.mul_(0.1)
         nn.init.zeros_(self.ups[-1].bias)
 
-    def forward(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
-        if w.dim() != 2 or w.shape[1] != self.w_dim or w.shape[0] != x1.shape[0]:
-            raise ValueError(f"w must have shape [{x1.shape[0]}, {self.w_dim}], got {tuple(w.shape)}")
+    def forward(self, x1: Tensor, x1_mean: Tensor, w: Tensor | None = None) -> Tensor:
+        B = x1.shape[0]
+        if w is None:
+            w = x1.new_zeros(B, 0)
+        if w.dim() != 2 or w.shape[1] != self.w_dim or w.shape[0] != B:
+            raise ValueError(f"w must have shape [{B}, {self.w_dim}], got {tuple(w.shape)}")
         skips, h = [], x1_mean
         for down in self.downs:
             h = F.relu(down(h))
             skips.append(h)
         h = self.bottleneck(torch.cat([h.flatten(1), w], 1)).view(-1, self.width, 4, 4)
-        shifts = self.shifts(w).view(-1, 3, self.width, 1, 1)
+        shifts = None if self.shifts is None else self.shifts(w).view(-1, 3, self.width, 1, 1)
         for i, up in enumerate(self.ups):
             h = up(torch.cat([h, skips[3 - i]], 1))
             if i < 3:
-                h = F.relu(h + shifts[:, i])
-        return x1 + h
+                h = F.relu(h if shifts is None else h + shifts[:, i])
+        if self.components == 1:
+            return x1 + h
+        return x1[:, None] + h.view(B, self.components, *x1.shape[1:])
 
 
 class PooledConvEncoder(nn.Module):
@@ -119,17 +132,17 @@ class PooledConvEncoder(nn.Module):
 ENCODERS = {"dense": ConvEncoder, "pooled": PooledConvEncoder}
 
 
-class ConditionalMean(nn.Module):
-    """``r(x1) ~ E_q[m | x1]``, the regression of ``q(w | x, x1)``'s uncentred mean ``m`` on
-    ``x1_mean [B, C, 64, 64]`` -> ``[B, w_dim]``. It has the encoder's architecture (``encoder``, a
-    key of ``ENCODERS``) on ``x1`` alone, so it is blind to what the encoder is blind to: a
-    position-blind ``m`` centred by a position-aware ``r`` would gain the position that ``r``'s
-    errors carry. The last layer starts at zero (``r = 0``)."""
+class ImageHead(nn.Module):
+    """A vector ``[B, out_dim]`` from ``x1_mean [B, C, 64, 64]`` alone, by an encoder's architecture
+    (``encoder``, a key of ``ENCODERS``) whose last layer starts at zero (output 0). The centring
+    ``r(x1) ~ E_q[m | x1]`` of ``VAEStage2`` (the encoder's own architecture, so it is blind to what
+    the encoder is blind to: a position-blind ``m`` centred by a position-aware ``r`` would gain
+    the position ``r``'s errors carry) and the mixture weights' logits of ``MixtureStage2``."""
 
-    def __init__(self, w_dim: int, channels: int, encoder: str, width: int = 32, hidden: int = 256):
+    def __init__(self, out_dim: int, channels: int, encoder: str, width: int = 32, hidden: int = 256):
         super().__init__()
-        self.net = ENCODERS[encoder](w_dim, channels, width, hidden)
-        self.net.head[-1] = nn.Linear(self.net.head[-1].in_features, w_dim)  # the mean alone
+        self.net = ENCODERS[encoder](out_dim, channels, width, hidden)
+        self.net.head[-1] = nn.Linear(self.net.head[-1].in_features, out_dim)
         nn.init.zeros_(self.net.head[-1].weight)
         nn.init.zeros_(self.net.head[-1].bias)
 
@@ -149,7 +162,7 @@ class SecondStage(nn.Module):
     - ``log_likelihood_bound(x, x1, x1_mean) -> dict``: ``"log_likelihood" [B]``, a lower bound on
       ``log p(x | x1)`` in nats (one Monte Carlo draw of an ELBO or of the dequantisation bound),
       plus per-row diagnostics (e.g. ``"w_kl" [B, w_dim]``);
-    - ``bound``: which bound that is (``"elbo"``, ``"dequantized"``), or None when the stage has no
+    - ``bound``: which bound that is (``"elbo"``, ``"dequantized"``, ``"exact"``), or None when the stage has no
       tractable likelihood (its ``log_likelihood_bound`` then raises ``NotImplementedError``);
     - ``exact_inverse``: True when ``generate(x1, x1_mean, encode(x, x1, x1_mean))`` is ``x`` by
       construction (a reconstruction error then says nothing about the model);
@@ -159,6 +172,7 @@ class SecondStage(nn.Module):
     config: dict
     bound: str | None = None
     exact_inverse: bool = False
+    uses_stage1_likelihood: bool = False  # takes ``likelihood`` (and network sizes) from stage 1
     max_grad_norm: float | None = None
 
     @property
@@ -236,7 +250,7 @@ class VAEStage2(SecondStage):
             on the quick dSprites preset it gave a better bound, sharper reconstructions and less
             position in ``w`` than ``"dense"``, the ``ConvEncoder`` of stage 1).
         centred: ``q(w | x, x1)``'s mean is the encoder's output ``m(x, x1)`` minus ``r(x1)``, a
-            regression of ``m`` on ``x1`` (``ConditionalMean``) trained alongside, so that
+            regression of ``m`` on ``x1`` (``ImageHead``) trained alongside, so that
             ``E_q[w | x1] ~ 0``: ``w`` carries no first-moment trace of ``z``, as its prior
             ``p(w)`` independent of ``z`` says. Lossless (the decoder sees ``x1``) and it can only
             lower the KL: ``E||m - E[m | x1]||^2 <= E||m||^2``. ``r`` learns from
@@ -248,6 +262,7 @@ class VAEStage2(SecondStage):
     """
 
     bound = "elbo"
+    uses_stage1_likelihood = True
 
     def __init__(self, channels: int = 1, w_dim: int = 16, width: int = 32, hidden: int = 256,
                  likelihood: str = "bernoulli", free_bits: float = 0.0, kl_warmup: int = 1000,
@@ -269,7 +284,7 @@ class VAEStage2(SecondStage):
         self.encoder = ENCODERS[encoder](w_dim, 3 * channels, width, hidden)
         nn.init.zeros_(self.encoder.head[-1].weight)  # q(w | x, x1) starts as the prior
         nn.init.zeros_(self.encoder.head[-1].bias)
-        self.centre = ConditionalMean(w_dim, channels, encoder, width, hidden) if centred else None
+        self.centre = ImageHead(w_dim, channels, encoder, width, hidden) if centred else None
         self.register_buffer("centring_weight", torch.zeros(()))
         self.decoder = RefinementDecoder(w_dim, channels, width, hidden)
         self.history: list[dict] = []
@@ -292,19 +307,21 @@ class VAEStage2(SecondStage):
     def mean_output(self, output: Tensor) -> Tensor:
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
-    def _posterior_draw(self, x: Tensor, x1: Tensor,
-                        x1_mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The decoder output at one ``w ~ q(w | x, x1)``, the KL per dimension ``[B, w_dim]`` and
-        the centring loss ``[]``."""
+    def _posterior_draw(self, x: Tensor, x1: Tensor, x1_mean: Tensor,
+                        noise: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder output at one ``w ~ q(w | x, x1)`` (its noise scaled by ``noise``), the KL
+        per dimension ``[B, w_dim]`` and the centring loss ``[]``."""
         mu, logvar, centring = self._posterior(x, x1_mean)
-        return self.decoder(x1, x1_mean, reparameterize(mu, logvar)), gaussian_kl(mu, logvar), centring
+        w = mu + noise * torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.decoder(x1, x1_mean, w), gaussian_kl(mu, logvar), centring
 
     def training_loss(self, x, x1, x1_mean, step):
         """Negative ELBO with the KL warm-up (``kl_penalty``), plus the centring regression (its
         gradient reaches ``r`` alone); terms: loss, recon, kl (nats per image), centring."""
         if self.centre is not None:
             self.centring_weight.fill_(max(0.0, linear_warmup(step - self.kl_warmup, self.kl_warmup)))
-        output, kl, centring = self._posterior_draw(x, x1, x1_mean)
+        output, kl, centring = self._posterior_draw(x, x1, x1_mean,
+                                                    noise=linear_warmup(step, self.kl_warmup))
         recon = reconstruction_nll(x, output, self.likelihood).mean()
         kl_per_dim = kl.mean(0)
         elbo = recon + kl_penalty(kl_per_dim, step, self.free_bits, self.kl_warmup)
@@ -387,7 +404,91 @@ class FlowStage2(SecondStage):
         return quantize(self.flow.inverse(w, x1_mean)[0], self.quantization, self.alpha)
 
 
-STAGE2_KINDS = {"vae": VAEStage2, "flow": FlowStage2}
+class MixtureStage2(SecondStage):
+    """Tractable conditional mixture stage 2 for 64x64 images:
+    ``p(x | x1) = sum_k pi_k(x1) p_k(x | x1)``, ``K`` components whose pixel parameters (Bernoulli
+    logits or unit-variance Gaussian means, as stage 1's likelihood) are ``x1`` refined by one U-Net
+    trunk (``RefinementDecoder`` with ``K`` outputs), the weights ``pi(x1)`` from ``ImageHead``.
+
+    The log-likelihood is exact (``logsumexp`` over components). ``w`` is the component, written as
+    one standard normal number so that ``p(w) = N(0, 1)`` is independent of ``z`` as the contract
+    says: ``w`` picks component ``k`` when ``Phi(w)`` falls in ``k``'s slice of ``pi(x1)``'s
+    cumulative sum (``generate``); ``encode`` returns the centre of the slice of the component most
+    probable a posteriori, so reconstruction is that component's mean, and sampling ``w ~ N(0, 1)``
+    draws ``k ~ pi(x1)``.
+
+    Args:
+        channels: image channels; components: ``K``; width, hidden: the trunk's sizes;
+        likelihood: stage 1's (``"bernoulli"`` / ``"gaussian"``).
+    """
+
+    bound = "exact"
+    uses_stage1_likelihood = True
+    w_dim = 1
+
+    def __init__(self, channels: int = 1, components: int = 8, width: int = 32, hidden: int = 256,
+                 likelihood: str = "bernoulli"):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if components < 2:
+            raise ValueError(f"components must be >= 2, got {components}")
+        self.config = dict(kind="mog", channels=channels, components=components, width=width,
+                           hidden=hidden, likelihood=likelihood)
+        self.components, self.likelihood = components, likelihood
+        self.trunk = RefinementDecoder(0, channels, width, hidden, components=components)
+        self.weights = ImageHead(components, channels, "dense", width, hidden)
+        self.history: list[dict] = []
+
+    def joint(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> tuple[Tensor, Tensor]:
+        """``log pi_k(x1) + log p_k(x | x1)`` ``[B, K]`` and the components' outputs
+        ``[B, K, C, H, W]``."""
+        if x.shape != x1.shape:
+            raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1.shape)} must have one shape")
+        outputs = self.trunk(x1, x1_mean)
+        B, K = outputs.shape[:2]
+        log_p = log_likelihood(x.repeat_interleave(K, 0), outputs.flatten(0, 1), self.likelihood)
+        return F.log_softmax(self.weights(x1_mean), 1) + log_p.view(B, K), outputs
+
+    def log_prob(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        """``log p(x | x1)`` in nats ``[B]``, exact."""
+        return self.joint(x, x1, x1_mean)[0].logsumexp(1)
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """Negative log-likelihood per image; terms: loss (nats), bits_per_dim."""
+        total = -self.log_prob(x, x1, x1_mean).mean()
+        return total, {"loss": total, "bits_per_dim": total / (x[0].numel() * math.log(2))}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """The exact ``log p(x | x1)`` ``[B]``."""
+        return {"log_likelihood": self.log_prob(x, x1, x1_mean)}
+
+    def _slices(self, x1_mean: Tensor) -> Tensor:
+        """The upper ends ``[B, K]`` of the components' slices of ``[0, 1]`` (``pi``'s cumsum)."""
+        return F.softmax(self.weights(x1_mean), 1).cumsum(1)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        """``[B, 1]``: ``Phi^-1`` of the centre of the most probable component's slice."""
+        k = self.joint(x, x1, x1_mean)[0].argmax(1, keepdim=True)
+        upper = self._slices(x1_mean)
+        lower = F.pad(upper, (1, 0))[:, :-1]
+        centre = 0.5 * (upper.gather(1, k) + lower.gather(1, k))
+        return math.sqrt(2) * torch.erfinv((2 * centre - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        """Mean image of the component ``w`` picks given ``x1``."""
+        if w.dim() != 2 or w.shape != (x1.shape[0], 1):
+            raise ValueError(f"w must have shape [{x1.shape[0]}, 1], got {tuple(w.shape)}")
+        u = 0.5 * (1 + torch.erf(w / math.sqrt(2)))
+        k = torch.searchsorted(self._slices(x1_mean).contiguous(), u.contiguous()).clamp(max=self.components - 1)
+        output = self.trunk(x1, x1_mean)[torch.arange(len(k), device=k.device), k[:, 0]]
+        return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
+
+
+STAGE2_KINDS = {"vae": VAEStage2, "flow": FlowStage2, "mog": MixtureStage2}
 
 
 def build_stage2(config: dict) -> SecondStage:
