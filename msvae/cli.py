@@ -236,7 +236,8 @@ def fit(args: argparse.Namespace) -> dict:
     stage2_options = {"vae": dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
                                   kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
                                   centred=config["w_centred"]),
-                      "flow": FLOW_OPTIONS, "mog": dict(components=config["components"])}[config["stage2"]]
+                      "flow": FLOW_OPTIONS, "gan": dict(w_dim=config["w_dim"]),
+                      "mog": dict(components=config["components"])}[config["stage2"]]
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
                                        **stage2_options).to(config["device"])
     model.fit(Subset(dataset, train_idx.tolist()),
@@ -378,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: 4,400 + 2,000 steps (about 45 min on a 2-core CPU); "
                         "paper: full length, for a GPU")
     _common(f, defaults=False)
-    f.add_argument("--stage2", choices=["vae", "flow", "mog"], default=None,
-                   help="second-stage model: conditional VAE, flow, or mixture of K components")
+    f.add_argument("--stage2", choices=["vae", "flow", "gan", "mog"], default=None,
+                   help="second-stage model: conditional VAE, flow, GAN (with an encoder) or a "
+                        "mixture of K components")
     f.add_argument("--components", type=_number(1, integer=True), default=None,
                    help="components of the mixture stage 2 (--stage2 mog)")
-    f.add_argument("--w-dim", type=POSITIVE_INT, default=None, help="size of w (VAE stage 2)")
+    f.add_argument("--w-dim", type=POSITIVE_INT, default=None, help="size of w (VAE and GAN stage 2)")
     f.add_argument("--free-bits", type=NONNEGATIVE, default=None, help="initial free-bits floor of w (nats per dimension), decayed to 0 over --kl-warmup")
     f.add_argument("--kl-warmup", type=_number(0, strict=False, integer=True), default=None, help="steps of linear warm-up of w's KL")
     f.add_argument("--w-encoder", choices=["dense", "pooled"], default=None,

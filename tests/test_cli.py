@@ -77,6 +77,16 @@ def test_fit_with_flow_stage2(tmp_path):
     assert metrics["nll_bound"]["bound"] == "dequantized" and metrics["nll_bound"]["full"]["bits_per_dim"] > 0
 
 
+def test_fit_with_gan_stage2(tmp_path):
+    out = tmp_path / "gan"
+    main(["fit", "--out", str(out), "--stage2", "gan", *FIT, "--eval-size", "20"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nll_bound"]["full"] is None and metrics["nll_bound"]["bound"] == "not tractable"
+    assert metrics["full"]["bce"] > 0 and "frechet_distance" in metrics["samples"]
+    main(["fit", "--out", str(out), "--stage2", "gan", *FIT[:3], "5", *FIT[4:], "--eval-size", "20"])
+    assert json.loads((out / "metrics.json").read_text())["steps"] == {"stage1": 3, "stage2": 5}
+
+
 def test_fit_with_mixture_stage2(tmp_path):
     out = tmp_path / "mog"
     main(["fit", "--out", str(out), "--stage2", "mog", "--components", "3", *FIT, "--eval-size", "20"])

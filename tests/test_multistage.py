@@ -15,6 +15,8 @@ def small_model(stage2="vae", **options):
         options = {"w_dim": 4, "kl_warmup": 0, **options}
     elif stage2 == "mog":
         options = {"components": 3, **options}
+    elif stage2 == "gan":
+        options = {"w_dim": 4, **options}
     else:
         options = {"levels": 2, "steps": 1, "hidden": 8, "context_hidden": 4, "quantization": 2,
                    **options}
@@ -51,7 +53,7 @@ def test_vae_stage2_loss_warms_up_free_bits_then_pays_the_kl_in_full():
 
 def test_stage2_rejects_bad_settings():
     with pytest.raises(ValueError, match="stage 2 kind must be one of"):
-        build_stage2({"kind": "gan"})
+        build_stage2({"kind": "diffusion"})
     with pytest.raises(ValueError, match="w_dim must be >= 1"):
         VAEStage2(w_dim=0)
     with pytest.raises(ValueError, match="free_bits and kl_warmup must be >= 0"):
@@ -111,7 +113,7 @@ def test_encode_decode_reconstruct_sample_traverse_shapes():
         model.traverse(0, values, w=torch.zeros(5))
 
 
-@pytest.mark.parametrize("kind", ["vae", "mog"])
+@pytest.mark.parametrize("kind", ["vae", "mog", "gan"])
 def test_save_load_round_trip_and_no_pickled_code(tmp_path, kind):
     model = small_model(kind)
     model.fit(toy_images(32), stage1_steps=2, stage2_steps=2, batch_size=8, progress=False)
@@ -127,7 +129,7 @@ def test_save_load_round_trip_and_no_pickled_code(tmp_path, kind):
         MultiStageModel.load(tmp_path / "missing.pt")
 
 
-@pytest.mark.parametrize("kind", ["vae", "mog"])
+@pytest.mark.parametrize("kind", ["vae", "mog", "gan"])
 def test_interrupted_fit_resumes_exactly(tmp_path, kind):
     data = toy_images(64)
     kwargs = dict(stage1_steps=6, stage2_steps=6, batch_size=16, log_every=2, progress=False,
@@ -228,3 +230,35 @@ def test_mixture_w_from_its_prior_draws_components_by_their_weights():
     picked = (images[:, None] - means[None]).abs().flatten(2).sum(2).argmin(1)
     freq = torch.bincount(picked, minlength=3).double() / n
     torch.testing.assert_close(freq, pi.double(), atol=0.03, rtol=0.0)
+
+
+def test_gan_losses_have_the_right_signs():
+    """On a fixed generator the discriminator's hinge loss falls as it trains; the generator's
+    adversarial term is ``-D(fake)``; the untrained generator returns stage 1's image."""
+    model = small_model("gan")
+    stage2 = model.stage2
+    x = toy_images(16)
+    x1, x1_mean = stage1_pair(model, x)
+    torch.testing.assert_close(stage2.generate(x1, x1_mean, stage2.sample_w(16)), x1_mean)
+    with torch.no_grad():
+        fake = stage2.generate(x1, x1_mean, stage2.sample_w(16))
+    optimizer = stage2.optimizers(1e-3)["discriminator_optimizer"]
+    losses = []
+    for step in range(30):
+        loss = stage2.discriminator_loss(x, fake, x1_mean, r1=step % 2 == 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.2
+    stage2.eval()  # spectral norm's power iteration holds still
+    torch.manual_seed(0)
+    total, terms = stage2.training_loss(x, x1, x1_mean, step=0)
+    torch.manual_seed(0)
+    w = torch.randn(16, 4)
+    with torch.no_grad():
+        adversarial = -stage2.discriminator(torch.sigmoid(stage2.generator(x1, x1_mean, w)), x1_mean).mean()
+    torch.testing.assert_close(terms["adversarial"].detach(), adversarial)
+    assert stage2.bound is None
+    with pytest.raises(ValueError, match="r1_every >= 1"):
+        build_stage2({"kind": "gan", "r1_every": 0})

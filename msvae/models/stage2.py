@@ -14,6 +14,8 @@ stage 2 form the one model ``p(x) = integral p(x | x1(z), w) p(w) p(z) dz dw`` t
   in full (no free-bits floor after the warm-up).
 - ``FlowStage2``: the conditional multi-scale flow ``p(x | x1)`` on dequantised images; ``w`` is the
   flow's base variable (one value per pixel) and reconstruction through it is exact.
+- ``GANStage2``: generator ``G(x1, w)``, conditional discriminator, and an encoder for ``w``
+  trained with the generator; no tractable likelihood.
 - ``MixtureStage2``: a conditional mixture of ``K`` pixel-wise models, exact likelihood; ``w`` is
   the component, as one standard normal number.
 """
@@ -166,7 +168,9 @@ class SecondStage(nn.Module):
       tractable likelihood (its ``log_likelihood_bound`` then raises ``NotImplementedError``);
     - ``exact_inverse``: True when ``generate(x1, x1_mean, encode(x, x1, x1_mean))`` is ``x`` by
       construction (a reconstruction error then says nothing about the model);
-    - ``config``: the constructor's arguments with ``kind`` (``build_stage2`` rebuilds from it).
+    - ``config``: the constructor's arguments with ``kind`` (``build_stage2`` rebuilds from it);
+    - ``optimizers(lr)`` and ``training_step(x, x1, x1_mean, step, optimizers)``: how ``fit``
+      updates the stage (by default one Adam on ``training_loss``; a GAN alternates players).
     """
 
     config: dict
@@ -196,6 +200,23 @@ class SecondStage(nn.Module):
         """``n`` draws ``[n, w_dim]`` of the prior ``N(0, temperature^2 I)``."""
         return temperature * torch.randn(n, self.w_dim, device=self.device)
 
+    def optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers ``training_step`` uses, by name (checkpointed under those names)."""
+        return {"optimizer": torch.optim.Adam(self.parameters(), lr=lr)}
+
+    def training_step(self, x: Tensor, x1: Tensor, x1_mean: Tensor, step: int,
+                      optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor]:
+        """One update on a batch, returning its terms: ``training_loss``, backward (clipped at
+        ``max_grad_norm``), one optimiser step. A stage with several players overrides it."""
+        total, terms = self.training_loss(x, x1, x1_mean, step)
+        optimizer = optimizers["optimizer"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
+        optimizer.step()
+        return terms
+
     def fit(self, stage1: nn.Module, data: Tensor | Dataset, *, steps: int = 10_000,
             batch_size: int = 64, lr: float = 5e-4,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
@@ -209,7 +230,7 @@ class SecondStage(nn.Module):
         Returns the history (``self.history``).
         """
         stage1.eval()
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        optimizers = self.optimizers(lr)
         settings = {"lr": lr, "batch_size": batch_size, "seed": seed, "config": repr(self.config)}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -218,17 +239,12 @@ class SecondStage(nn.Module):
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
             _, _, x1, x1_mean = sampled_stage1_output(stage1, x)
-            total, terms = self.training_loss(x, x1, x1_mean, step)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if self.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
-            optimizer.step()
+            terms = self.training_step(x, x1, x1_mean, step, optimizers)
             return dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
 
         self.train()
         train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
-                        resume=resume, states={"model": self, "optimizer": optimizer},
+                        resume=resume, states={"model": self, **optimizers},
                         settings=settings, generator=generator, history=self.history, steps=steps,
                         time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
@@ -488,7 +504,140 @@ class MixtureStage2(SecondStage):
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
 
-STAGE2_KINDS = {"vae": VAEStage2, "flow": FlowStage2, "mog": MixtureStage2}
+class ConditionalDiscriminator(nn.Module):
+    """``D(x, x1) -> [B]``, a score of whether ``x`` is a real image for stage 1's ``x1_mean``:
+    spectrally normalised convolutions (4 stride-2, 64 -> 4) on ``[x, x1_mean]`` and two dense
+    layers, leaky ReLUs (``x, x1_mean [B, C, 64, 64]``)."""
+
+    def __init__(self, channels: int = 1, width: int = 32, hidden: int = 256):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        layers, c = [], 2 * channels
+        for out in (width, width, 2 * width, 2 * width):
+            layers += [sn(nn.Conv2d(c, out, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            c = out
+        self.net = nn.Sequential(*layers, nn.Flatten(), sn(nn.Linear(c * 16, hidden)), nn.LeakyReLU(0.2),
+                                 sn(nn.Linear(hidden, 1)))
+
+    def forward(self, x: Tensor, x1_mean: Tensor) -> Tensor:
+        return self.net(torch.cat([x, x1_mean], 1))[:, 0]
+
+
+class GANStage2(SecondStage):
+    """Implicit stage 2 for 64x64 images: a generator ``G(x1, w)`` that refines ``x1``
+    (``RefinementDecoder``: zero-initialised residual, so the untrained generator returns stage 1's
+    image), a conditional discriminator ``D(x, x1)`` (``ConditionalDiscriminator``, spectral norm,
+    hinge loss, lazy R1 penalty on real images every ``r1_every`` steps), ``w ~ N(0, I)``, and an
+    encoder ``E(x, x1) -> w`` (``PooledConvEncoder``'s mean, position-blind as the VAE's) so the
+    full model can reconstruct.
+
+    ``E`` is trained with the generator, BicycleGAN-style: a latent regression on generated pairs
+    (``||E(G(x1, w), x1) - w||^2``, which keeps ``E``'s codes where ``G`` reads the prior) plus the
+    reconstruction ``-log p(x | G(x1, E(x, x1)))`` per pixel, weighted by ``reconstruction`` and
+    ``latent``. Chosen over a BiGAN/ALI joint discriminator because its reconstructions are direct
+    (ALI's are notoriously loose) and it needs one discriminator, on images only. There is no
+    tractable likelihood (``bound`` None).
+
+    Args:
+        channels, w_dim, width, hidden: image channels, size of ``w``, network sizes;
+        likelihood: stage 1's (the reconstruction term's and how ``G``'s output is read);
+        reconstruction, latent, r1, r1_every: loss weights and the R1 schedule.
+    """
+
+    uses_stage1_likelihood = True
+
+    def __init__(self, channels: int = 1, w_dim: int = 16, width: int = 32, hidden: int = 256,
+                 likelihood: str = "bernoulli", reconstruction: float = 10.0, latent: float = 0.5,
+                 r1: float = 1.0, r1_every: int = 4):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if w_dim < 1:
+            raise ValueError(f"w_dim must be >= 1, got {w_dim}")
+        if min(reconstruction, latent, r1) < 0 or r1_every < 1:
+            raise ValueError("reconstruction, latent and r1 must be >= 0 and r1_every >= 1")
+        self.config = dict(kind="gan", channels=channels, w_dim=w_dim, width=width, hidden=hidden,
+                           likelihood=likelihood, reconstruction=reconstruction, latent=latent, r1=r1,
+                           r1_every=r1_every)
+        self.w_dim, self.likelihood = w_dim, likelihood
+        self.weights = dict(reconstruction=reconstruction, latent=latent, r1=r1)
+        self.r1_every = r1_every
+        self.generator = RefinementDecoder(w_dim, channels, width, hidden)
+        self.encoder = PooledConvEncoder(w_dim, 3 * channels, width, hidden)
+        self.discriminator = ConditionalDiscriminator(channels, width, hidden)
+        self.history: list[dict] = []
+
+    def _image(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
+
+    def _encode(self, x: Tensor, x1_mean: Tensor) -> Tensor:
+        if x.shape != x1_mean.shape:
+            raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
+        return self.encoder(torch.cat([x, x1_mean, x - x1_mean], 1))[0]
+
+    def discriminator_loss(self, x: Tensor, fake: Tensor, x1_mean: Tensor, r1: bool) -> Tensor:
+        """Hinge loss of ``D`` on real ``x`` and generated ``fake`` images, plus (when ``r1``) the
+        lazy R1 penalty ``r1_every * r1 / 2 * E||grad_x D(x)||^2``."""
+        if r1 and self.weights["r1"] > 0:
+            x = x.detach().requires_grad_()
+        real = self.discriminator(x, x1_mean)
+        loss = F.relu(1 - real).mean() + F.relu(1 + self.discriminator(fake.detach(), x1_mean)).mean()
+        if r1 and self.weights["r1"] > 0:
+            grad, = torch.autograd.grad(real.sum(), x, create_graph=True)
+            loss = loss + 0.5 * self.weights["r1"] * self.r1_every * grad.pow(2).flatten(1).sum(1).mean()
+        return loss
+
+    def _generator_objective(self, x: Tensor, x1: Tensor,
+                             x1_mean: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """``training_loss``'s total and terms, and the generated images ``[B, C, 64, 64]``."""
+        w = torch.randn(len(x), self.w_dim, device=x.device)
+        fake = self._image(self.generator(x1, x1_mean, w))
+        adversarial = -self.discriminator(fake, x1_mean).mean()
+        latent = (self._encode(fake, x1_mean) - w).pow(2).mean()
+        recon = reconstruction_nll(x, self.generator(x1, x1_mean, self._encode(x, x1_mean)),
+                                   self.likelihood).mean()
+        total = (adversarial + self.weights["reconstruction"] * recon / x[0].numel()
+                 + self.weights["latent"] * latent)
+        return total, {"loss": total, "adversarial": adversarial, "recon": recon, "latent": latent}, fake
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """The generator and encoder's objective: ``-D(G(x1, w), x1)`` (hinge) + ``reconstruction``
+        x the per-pixel reconstruction NLL + ``latent`` x the latent regression; terms: loss,
+        adversarial, recon (nats per image), latent."""
+        return self._generator_objective(x, x1, x1_mean)[:2]
+
+    def optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        """Adam (betas 0.5, 0.999) for generator + encoder, and for the discriminator."""
+        players = list(self.generator.parameters()) + list(self.encoder.parameters())
+        return {"optimizer": torch.optim.Adam(players, lr=lr, betas=(0.5, 0.999)),
+                "discriminator_optimizer": torch.optim.Adam(self.discriminator.parameters(), lr=lr,
+                                                            betas=(0.5, 0.999))}
+
+    def training_step(self, x, x1, x1_mean, step, optimizers):
+        """A generator-and-encoder step (``training_loss``), then a discriminator step on the same
+        batch and the generated images; terms add ``discriminator``."""
+        total, terms, fake = self._generator_objective(x, x1, x1_mean)
+        optimizers["optimizer"].zero_grad(set_to_none=True)
+        total.backward()
+        optimizers["optimizer"].step()
+        d_loss = self.discriminator_loss(x, fake, x1_mean, r1=step % self.r1_every == 0)
+        optimizers["discriminator_optimizer"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["discriminator_optimizer"].step()
+        return {**terms, "discriminator": d_loss.detach()}
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        """``E(x, x1)`` ``[B, w_dim]``."""
+        return self._encode(x, x1_mean)
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        """The generator's image ``[B, C, 64, 64]`` for ``w`` given ``x1``."""
+        return self._image(self.generator(x1, x1_mean, w))
+
+
+STAGE2_KINDS = {"vae": VAEStage2, "flow": FlowStage2, "gan": GANStage2, "mog": MixtureStage2}
 
 
 def build_stage2(config: dict) -> SecondStage:
