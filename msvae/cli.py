@@ -6,6 +6,7 @@
     msvae sample runs/quick -n 64                # samples from the model
     msvae stage1 --out runs/stage1 --minutes 55  # stage 1 alone
     msvae compare-tables --out runs/tables       # synthetic tables: msvae vs CTGAN and TVAE
+    msvae compare-stage2 --out runs/stage2       # VAE, flow, GAN and mixture stage 2 on one stage 1
 
 Each run writes one folder: ``config.json`` (the resolved settings), checkpoints (a rerun with the
 same ``--out`` resumes from them), the trained ``model.pt``, ``history.json``, ``metrics.json``
@@ -191,6 +192,17 @@ def _print_summary(results: dict) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def stage2_options(config: dict, kind: str | None = None) -> dict:
+    """The constructor options of the stage 2 ``kind`` (default ``config["stage2"]``) from a run's
+    settings."""
+    kind = kind or config["stage2"]
+    return {"vae": dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
+                        kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
+                        centred=config["w_centred"]),
+            "flow": FLOW_OPTIONS, "gan": dict(w_dim=config["w_dim"]),
+            "mog": dict(components=config["components"])}[kind]
+
+
 def _stage1_loss(config: dict, dataset_size: int) -> BetaTCVAELoss:
     return BetaTCVAELoss(dataset_size=dataset_size, alpha=config["alpha"], beta=config["beta"],
                          gamma=config["gamma"], estimator=config["estimator"])
@@ -233,13 +245,8 @@ def fit(args: argparse.Namespace) -> dict:
     torch.set_num_threads(config["threads"])
     dataset, train_idx, test_idx, eval_idx = _data(config)
     torch.manual_seed(config["seed"])  # the model's initial weights
-    stage2_options = {"vae": dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
-                                  kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
-                                  centred=config["w_centred"]),
-                      "flow": FLOW_OPTIONS, "gan": dict(w_dim=config["w_dim"]),
-                      "mog": dict(components=config["components"])}[config["stage2"]]
     model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
-                                       **stage2_options).to(config["device"])
+                                       **stage2_options(config)).to(config["device"])
     model.fit(Subset(dataset, train_idx.tolist()),
               stage1_loss=_stage1_loss(config, len(train_idx)), stage1_steps=config["stage1_steps"],
               stage2_steps=config["stage2_steps"], stage1_lr=config["lr"],
@@ -332,6 +339,21 @@ def compare_tables(args: argparse.Namespace) -> list[dict]:
                                  stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
                                  synthesizers=args.synthesizers, max_rows=args.max_rows,
                                  target=args.target, discrete_columns=args.discrete)
+
+
+def compare_stage2(args: argparse.Namespace) -> list[dict]:
+    """The four stage-2 classes on one stage 1 (see ``msvae.stage2_benchmark``)."""
+    from msvae import stage2_benchmark
+
+    torch.set_num_threads(args.threads)
+    out = _out_folder(Path(args.out))
+    _write_json(out / "config.json", {k: v for k, v in vars(args).items() if k != "func"})
+    rows = stage2_benchmark.run(out, args.kinds, minutes=args.minutes, seed=args.seed,
+                                eval_size=args.eval_size, stage1=args.stage1,
+                                stage1_steps=args.stage1_steps, progress=not args.quiet,
+                                classifier_steps=args.classifier_steps)
+    print((out / "summary.md").read_text())
+    return rows
 
 
 def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -439,6 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-rows", type=POSITIVE_INT, default=None, help="use at most this many rows per table")
     c.add_argument("--threads", type=POSITIVE_INT, default=1)
     c.set_defaults(func=compare_tables)
+
+    c2 = commands.add_parser("compare-stage2",
+                             help="the four stage-2 classes on one stage 1, equal time budgets")
+    c2.add_argument("--out", required=True, help="output folder (a rerun resumes)")
+    c2.add_argument("--kinds", nargs="+", choices=["vae", "flow", "gan", "mog"],
+                    default=["vae", "flow", "gan", "mog"])
+    c2.add_argument("--minutes", type=POSITIVE, default=10.0, help="training budget of each stage 2")
+    c2.add_argument("--stage1", default=None, help="a stage1.pt checkpoint to start from")
+    c2.add_argument("--stage1-steps", type=POSITIVE_INT, default=None,
+                    help="stage-1 steps (default: the quick preset's)")
+    c2.add_argument("--eval-size", type=EVAL_SIZE, default=2000)
+    c2.add_argument("--classifier-steps", type=POSITIVE_INT, default=CLASSIFIER_STEPS)
+    c2.add_argument("--seed", type=int, default=0)
+    c2.add_argument("--threads", type=POSITIVE_INT, default=1)
+    c2.add_argument("--quiet", action="store_true", help="no progress output")
+    c2.set_defaults(func=compare_stage2)
 
     s1 = commands.add_parser("stage1", help="train and evaluate a stage-1 beta-TCVAE on dSprites")
     _common(s1, defaults=True)

@@ -211,3 +211,19 @@ def test_compare_tables_reads_a_users_csv(tmp_path):
     assert {r["table"] for r in rows} == {"mine"} and rows[0]["ml_metric"] == "f1"
     assert (out / "mine_marginals.png").exists()
     assert pd.read_csv(out / "mine_factors.csv").shape[1] == 4
+
+
+def test_compare_stage2_runs_every_class_on_one_stage1(tmp_path, capsys):
+    out = tmp_path / "compare"
+    main(["compare-stage2", "--out", str(out), "--minutes", "0.01", "--stage1-steps", "3",
+          "--eval-size", "20", "--classifier-steps", "5", "--quiet"])
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["stage2"] for r in rows] == ["vae", "flow", "gan", "mog"]
+    assert all(r["steps"] >= 1 for r in rows)
+    assert rows[1]["exact_inverse"] and rows[2]["nll_bound_nats"]["full"] is None
+    assert len({r["bce"]["stage1"] for r in rows}) == 1  # one stage 1 for all
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == 5 and "(exact inverse)" in table
+    assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
+    for kind in ("vae", "flow", "gan", "mog"):
+        assert (out / kind / "model.pt").exists() and (out / kind / "metrics.json").exists()
