@@ -91,8 +91,11 @@ def test_checkpoints_by_time_and_quiet_logs_off_a_terminal(capsys):
 
 def test_time_limit_says_when_it_bites(capsys):
     run_steps(lambda step: (time.sleep(0.02), {"loss": 1.0})[1], start=0, steps=10**6, history=[],
-              time_limit=0.1, desc="stage 1")
-    assert "stage 1: stopped by its time limit at step" in capsys.readouterr().err
+              time_limit=0.3, desc="stage 1", log_seconds=0.1)
+    err = capsys.readouterr().err
+    assert "stage 1: stopped by its time limit at step" in err
+    first = err.splitlines()[0]  # the budget, not the 10^6-step cap, sets the share and the ETA
+    assert "(0%)" not in first and "ETA 0:00:00" in first
 
 
 @pytest.mark.parametrize("load", [DisentangledVAE.load, MultiStageModel.load, TabularSynthesizer.load])

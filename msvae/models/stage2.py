@@ -261,7 +261,11 @@ class VAEStage2(SecondStage):
         w_dim: size of ``w``; width, hidden: conv channels and dense width of encoder and decoder.
         free_bits: a free-bits floor (nats per dimension of ``w``) at the start of training that
             decays to 0 over ``kl_warmup`` (see ``kl_penalty``); 0 by default.
-        kl_warmup: steps over which the KL weight ramps linearly from 0 to 1.
+        kl_warmup: steps over which the KL weight ramps linearly from 0 to 1, and with it the scale
+            of the posterior noise in the training draw of ``w`` (``mu + scale * sigma * eps``): from
+            a zero-initialised ``q`` (``w`` pure prior noise) the decoder would otherwise learn to
+            ignore ``w`` before the encoder made it informative (the seeded quick run: KL 0 nats
+            at step 800). After the warm-up the objective is the exact ELBO.
         encoder: ``q(w | x, x1)``'s network: ``"pooled"`` (``PooledConvEncoder``, blind to position;
             on the quick dSprites preset it gave a better bound, sharper reconstructions and less
             position in ``w`` than ``"dense"``, the ``ConvEncoder`` of stage 1).

@@ -172,7 +172,8 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
     terms not yet logged, and their count) is what a resumed run passes back, so its history is
     the uninterrupted one. With ``time_limit`` (seconds) training
     stops early, at the end of the step that reaches it, and says so. ``progress``: a bar on a
-    terminal, one line every ``log_seconds`` otherwise. Non-finite terms stop training with a
+    terminal, one line every ``log_seconds`` otherwise (its share done and ETA count the time
+    budget when that ends training first). Non-finite terms stop training with a
     ``FloatingPointError``.
     """
     began = time.monotonic()
@@ -206,10 +207,13 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
             last_checkpoint = time.monotonic()
         if progress and not terminal and (now - last_line >= log_seconds or done == steps):
             rate = (done - start) / max(now - began, 1e-9)
+            left, share = (steps - done) / rate, done / steps
+            if deadline is not None:  # a time budget ends it first: say when
+                left = min(left, max(deadline - now, 0.0))
+                share = max(share, (now - began) / time_limit)
             shown = ", ".join(f"{k}={v:.3g}" for k, v in means.items())
-            print(f"{desc}: step {done}/{steps} ({100 * done / steps:.0f}%), {rate:.2f} it/s, "
-                  f"ETA {_duration((steps - done) / rate)}{', ' + shown if shown else ''}",
-                  file=sys.stderr, flush=True)
+            print(f"{desc}: step {done}/{steps} ({100 * share:.0f}%), {rate:.2f} it/s, "
+                  f"ETA {_duration(left)}{', ' + shown if shown else ''}", file=sys.stderr, flush=True)
             last_line = now
         if out_of_time:
             if progress:
