@@ -39,13 +39,13 @@ PRESETS = {
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
-                  w_centred=True, components=8, eval_size=2000),
+                  w_centred=True, w_centring="regression", components=8, eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
-                  w_centred=True, components=8, eval_size=10_000),
+                  w_centred=True, w_centring="regression", components=8, eval_size=10_000),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
@@ -198,7 +198,7 @@ def stage2_options(config: dict, kind: str | None = None) -> dict:
     kind = kind or config["stage2"]
     return {"vae": dict(w_dim=config["w_dim"], free_bits=config["free_bits"],
                         kl_warmup=config["kl_warmup"], encoder=config["w_encoder"],
-                        centred=config["w_centred"]),
+                        centred=config["w_centred"], centring=config["w_centring"]),
             "flow": FLOW_OPTIONS, "gan": dict(w_dim=config["w_dim"]),
             "mog": dict(components=config["components"])}[kind]
 
@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--w-encoder", choices=["dense", "pooled"], default=None,
                    help="q(w | x, x1): dense head over the conv map, or a global max over positions")
     f.add_argument("--w-centred", action=argparse.BooleanOptionalAction, default=None,
-                   help="centre q(w | x, x1)'s mean on a regression on x1, so w carries no trace of z")
+                   help="centre q(w | x, x1)'s mean on an estimate of E[mean | x1], so w carries no trace of z")
+    f.add_argument("--w-centring", choices=["regression", "neighbours"], default=None,
+                   help="how that estimate is made: a network, or nearest neighbours among recent batches")
     f.add_argument("--stage2-lr", type=POSITIVE, default=None)
     f.add_argument("--classifier-steps", type=POSITIVE_INT, default=CLASSIFIER_STEPS,
                    help="training steps of the factor classifier that scores samples (cached)")

@@ -220,3 +220,29 @@ def test_centred_w_loses_its_dependence_on_x1_and_only_r_learns_the_centring():
     assert after < 0.1 * before
     assert after_new < 0.3 * float(m_new.pow(2).sum(1).mean())
     assert VAEStage2(centred=False).centre is None
+
+
+def test_neighbour_centring_estimates_the_conditional_mean_of_recent_codes():
+    """``NeighbourCentre`` keeps the last ``size`` pairs (key(x1), m) in a ring; ``r(x1)`` is the
+    mean of ``m`` over the nearest keys, so for ``m = f(position) + noise`` it recovers ``f``."""
+    from msvae.models.stage2 import NeighbourCentre
+
+    g = torch.Generator().manual_seed(0)
+    centre = NeighbourCentre(w_dim=2, channels=1, size=512, neighbours=16)
+    assert centre(toy_images(3)).abs().max() == 0  # empty ring: r = 0
+    images = toy_images(600)
+    position = images.flatten(2).argmax(2).float()  # the square's top-left pixel index
+    f = torch.cat([position / 4096, (position % 64) / 64], 1)
+    for start in range(0, 600, 100):  # 600 pairs through a 512 ring: it wraps
+        batch = slice(start, start + 100)
+        centre.learn(images[batch], f[batch] + 0.3 * torch.randn(100, 2, generator=g), None)
+    assert int(centre.filled) == 512 and int(centre.cursor) == 600 % 512
+    held_out = toy_images(200, seed=5)
+    position = held_out.flatten(2).argmax(2).float()
+    target = torch.cat([position / 4096, (position % 64) / 64], 1)
+    error = (centre(held_out) - target).pow(2).mean()
+    assert error < 0.1 * target.var(0).sum()
+    stage2 = build_stage2({"kind": "vae", "w_dim": 2, "width": 8, "hidden": 16, "centring": "neighbours"})
+    assert {"centre.keys", "centre.values", "centre.filled", "centre.cursor"} <= set(stage2.state_dict())
+    with pytest.raises(ValueError, match="centring must be one of"):
+        build_stage2({"kind": "vae", "centring": "median"})
