@@ -197,18 +197,19 @@ def w_leak_report(w: Tensor | np.ndarray, mu: Tensor | np.ndarray, factors: np.n
 def sample_report(model, classifier, images: Tensor, names, class_sizes, seed: int = 0,
                   batch_size: int = 250) -> dict:
     """Sample quality of stage 1 alone and of the full model against held-out ``images [N, ...]``:
-    ``len(images)`` draws ``z ~ p(z)`` (the same for both; stage 1's sample is its mean image, the
-    full model's ``w ~ p(w)``). ``frechet_distance``: in ``classifier``'s features;
+    ``len(images)`` draws ``z ~ p(z)`` (the same for both, and for every stage 2 given the seed;
+    stage 1's sample is its mean image, the full model's ``w ~ p(w)``). ``frechet_distance``: in ``classifier``'s features;
     ``coverage_tv``: per factor, the total-variation distance between the classifier's predicted
     class histograms of the samples and of the images."""
     stage1 = model.stage1
     feats_data, classes_data = classifier.embed(images)
     samples: dict[str, list[Tensor]] = {"stage1": [], "full": []}
     with torch.random.fork_rng(devices=[stage1.device] if stage1.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # all z first: every stage 2 is scored on the same z
+        codes = torch.randn(len(images), stage1.latent_dim, device=stage1.device)
         for start in range(0, len(images), batch_size):
             n = min(batch_size, len(images) - start)
-            x1, x1_mean = model.stage1_output(torch.randn(n, stage1.latent_dim, device=stage1.device))
+            x1, x1_mean = model.stage1_output(codes[start:start + n])
             samples["stage1"].append(x1_mean.cpu())
             samples["full"].append(model.stage2.generate(x1, x1_mean, model.stage2.sample_w(n)).cpu())
     report: dict = {"frechet_distance": {}, "coverage_tv": {}}
