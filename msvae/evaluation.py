@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -128,9 +129,14 @@ def disentanglement_report(mu: Tensor, logvar: Tensor, factors: np.ndarray, seed
     errors: dict = {}
 
     def record(names, compute):
-        """A metric that cannot be computed (e.g. on a degenerate code) is reported, not fatal."""
+        """A metric that cannot be computed (e.g. on a degenerate code) is reported, not fatal;
+        scikit-learn's small-sample warnings (a few held-out images, many factor values) are
+        silenced: the numbers are what they are, and ``held_out_images`` says how many."""
         try:
-            values = compute()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The number of unique classes is greater than 50%")
+                warnings.filterwarnings("ignore", "The least populated class in y has only")
+                values = compute()
         except ValueError as error:
             errors[names[0]] = str(error)
             values = (None,) * len(names)

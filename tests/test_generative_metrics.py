@@ -151,3 +151,21 @@ def test_frechet_distance_of_classifier_features(classifier):
     assert abs(same) < 1e-6 * max(1.0, fresh)
     assert metrics.frechet_distance(feats["real"], feats["skewed"]) > 3 * fresh
     assert metrics.frechet_distance(feats["real"], feats["shuffled"]) > 3 * fresh
+
+
+def test_a_small_evaluation_is_quiet():
+    """A few held-out images with many factor values: the report has its numbers and no
+    scikit-learn small-sample warnings."""
+    import warnings
+
+    from msvae.data import DSprites
+    from msvae.evaluation import disentanglement_report
+
+    idx = np.random.default_rng(0).choice(len(DSprites()), 100, replace=False)
+    factors = DSprites().factors(idx)
+    mu = torch.as_tensor(factors[:, 3:5], dtype=torch.float32) + 0.1 * torch.randn(100, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = disentanglement_report(mu, torch.zeros_like(mu), factors)
+    assert report["mig"] is not None
+    assert not [w for w in caught if "unique classes" in str(w.message) or "least populated" in str(w.message)]
