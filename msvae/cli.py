@@ -39,13 +39,13 @@ PRESETS = {
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
-                  w_centred=True, w_centring="regression", components=8, eval_size=2000),
+                  w_centred=True, w_centring="neighbours", components=8, eval_size=2000),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
-                  w_centred=True, w_centring="regression", components=8, eval_size=10_000),
+                  w_centred=True, w_centring="neighbours", components=8, eval_size=10_000),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary

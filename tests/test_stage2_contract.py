@@ -166,7 +166,7 @@ def test_pooled_w_encoder_does_not_see_where_the_object_is():
     get the same ``q(w | x, x1)``, centring included: ``w`` cannot copy the position ``z`` gives."""
     from msvae.models import VAEStage2
 
-    stage2 = VAEStage2(w_dim=4, width=8, hidden=16, encoder="pooled")
+    stage2 = VAEStage2(w_dim=4, width=8, hidden=16, encoder="pooled", centring="regression")
     torch.nn.init.normal_(stage2.encoder.head[-1].weight)  # not the prior: a real map
     torch.nn.init.normal_(stage2.centre.net.head[-1].weight)  # and a real centring r(x1)
     stage2.centring_weight.fill_(1.0)
@@ -187,7 +187,7 @@ def test_centred_w_loses_its_dependence_on_x1_and_only_r_learns_the_centring():
     from msvae.models import VAEStage2
 
     torch.manual_seed(0)
-    stage2 = VAEStage2(w_dim=4, width=8, hidden=32, encoder="dense", kl_warmup=10)
+    stage2 = VAEStage2(w_dim=4, width=8, hidden=32, encoder="dense", kl_warmup=10, centring="regression")
     torch.nn.init.normal_(stage2.encoder.head[-1].weight, std=0.3)  # m depends on where the square is
     x = toy_images(4)
     for step, weight in ((0, 0.0), (10, 0.0), (15, 0.5), (25, 1.0)):  # phased in after the KL's warm-up
