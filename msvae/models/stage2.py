@@ -134,6 +134,13 @@ class PooledConvEncoder(nn.Module):
 ENCODERS = {"dense": ConvEncoder, "pooled": PooledConvEncoder}
 
 
+def encoder_input(x: Tensor, x1_mean: Tensor) -> Tensor:
+    """What a stage-2 encoder of ``w`` sees: ``[x, x1_mean, x - x1_mean]`` ``[B, 3C, H, W]``."""
+    if x.shape != x1_mean.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
+    return torch.cat([x, x1_mean, x - x1_mean], 1)
+
+
 class ImageHead(nn.Module):
     """A vector ``[B, out_dim]`` from ``x1_mean [B, C, 64, 64]`` alone, by an encoder's architecture
     (``encoder``, a key of ``ENCODERS``) whose last layer starts at zero (output 0). The centring
@@ -369,9 +376,7 @@ class VAEStage2(SecondStage):
                    learn: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``q(w | x, x1)``'s (mu, logvar) ``[B, w_dim]`` and the centring loss ``[]`` (with
         ``learn``, the centre also learns from the batch)."""
-        if x.shape != x1_mean.shape:
-            raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
-        m, logvar = self.encoder(torch.cat([x, x1_mean, x - x1_mean], 1))
+        m, logvar = self.encoder(encoder_input(x, x1_mean))
         if self.centre is None:
             return m, logvar, m.new_zeros(())
         r = self.centre(x1_mean)
@@ -633,9 +638,7 @@ class GANStage2(SecondStage):
         return torch.sigmoid(output) if self.likelihood == "bernoulli" else output
 
     def _encode(self, x: Tensor, x1_mean: Tensor) -> Tensor:
-        if x.shape != x1_mean.shape:
-            raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
-        return self.encoder(torch.cat([x, x1_mean, x - x1_mean], 1))[0]
+        return self.encoder(encoder_input(x, x1_mean))[0]
 
     def discriminator_loss(self, x: Tensor, fake: Tensor, x1_mean: Tensor, r1: bool) -> Tensor:
         """Hinge loss of ``D`` on real ``x`` and generated ``fake`` images, plus (when ``r1``) the

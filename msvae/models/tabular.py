@@ -25,6 +25,7 @@ from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
 from msvae.models.training import build_from_file, kl_penalty, save_checkpoint
+from msvae.ops.validation import check_number
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 
@@ -273,11 +274,11 @@ class TabularSynthesizer:
                             ("stage2_epochs", stage2_epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name, value in (("lr", lr), ("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or (
-                    name == "lr" and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
-                                 f"got {value!r}")
+        check_number("lr", lr, positive=True)
+        for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+            check_number(name, value)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
                             beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
                             batch_size=batch_size, lr=lr, continuous=continuous,
