@@ -29,6 +29,7 @@ from msvae.evaluation import (disentanglement_report, dsprites_factor_classifier
                               save_stage1_figures, traversal_report, w_leak_report)
 from msvae.losses import BetaTCVAELoss
 from msvae.models import DisentangledVAE, MultiStageModel
+from msvae.models.training import PRECISIONS, flush_denormals, resolve_precision
 
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # ``msvae fit`` presets; any option given on the command line overrides its preset's value.
@@ -39,13 +40,15 @@ PRESETS = {
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
-                  w_centred=True, w_centring="neighbours", components=8, eval_size=2000),
+                  w_centred=True, w_centring="neighbours", components=8, eval_size=2000,
+                  precision="auto"),
     # Full-length training, meant for a GPU.
     "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
-                  w_centred=True, w_centring="neighbours", components=8, eval_size=10_000),
+                  w_centred=True, w_centring="neighbours", components=8, eval_size=10_000,
+                  precision="auto"),
 }
 CLASSIFIER_STEPS = 2000  # training steps of the dSprites factor classifier that judges samples
 FLOW_OPTIONS = dict(levels=3, steps=4, hidden=64, quantization=2)  # dSprites pixels are binary
@@ -216,6 +219,7 @@ def stage1(args: argparse.Namespace) -> dict:
     """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics."""
     out = _out_folder(Path(args.out))
     config = {k: v for k, v in vars(args).items() if k != "func"}
+    config["precision"] = resolve_precision(config["precision"], config["device"])
     _record_config(out, config)
     torch.set_num_threads(args.threads)
     dataset, train_idx, test_idx, eval_idx = _data(config)
@@ -224,7 +228,7 @@ def stage1(args: argparse.Namespace) -> dict:
     model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx)),
               steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
               checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-              seed=args.seed, time_limit=_minutes(args.minutes))
+              seed=args.seed, time_limit=_minutes(args.minutes), precision=config["precision"])
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, args.seed),
@@ -241,6 +245,7 @@ def fit(args: argparse.Namespace) -> dict:
     config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
                                           if v is not None and k != "func"}}
     out = _out_folder(Path(config["out"]))
+    config["precision"] = resolve_precision(config["precision"], config["device"])
     _record_config(out, config)
     torch.set_num_threads(config["threads"])
     dataset, train_idx, test_idx, eval_idx = _data(config)
@@ -254,7 +259,7 @@ def fit(args: argparse.Namespace) -> dict:
               penalty_warmup=config["warmup"], stage1_time_limit=_minutes(config["stage1_minutes"]),
               stage2_time_limit=_minutes(config["stage2_minutes"]), checkpoint_dir=out,
               checkpoint_every=config["checkpoint_every"], progress=not config["quiet"],
-              seed=config["seed"])
+              seed=config["seed"], precision=config["precision"])
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
@@ -381,6 +386,10 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
                              "machine's cores or load; more threads are faster on an idle machine)")
     parser.add_argument("--device", type=_device, default=DEFAULT_DEVICE,
                         help="torch device (default: cuda when available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d("auto"),
+                        help="training arithmetic of the networks: bf16 autocast (losses and "
+                             "weights float32), fp32, or auto: bf16 where the device computes it "
+                             "natively (AMX CPUs, recent GPUs); recorded as resolved")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -490,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    with flush_denormals():  # training and evaluation (see training.flush_denormals)
+        args.func(args)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def run(out, kinds=KINDS, minutes: float = 10.0, seed: int = 0, eval_size: int =
     first = DisentangledVAE.for_images(config["latent_dim"])
     first.fit(train, loss=cli._stage1_loss(config, len(train_idx)), steps=config["stage1_steps"],
               lr=config["lr"], batch_size=config["batch_size"], penalty_warmup=config["warmup"],
-              checkpoint_dir=out, progress=progress, seed=seed)
+              checkpoint_dir=out, progress=progress, seed=seed, precision=config["precision"])
     rows, models = [], {}
     for kind in kinds:
         torch.manual_seed(seed)
@@ -101,7 +101,8 @@ def run(out, kinds=KINDS, minutes: float = 10.0, seed: int = 0, eval_size: int =
         model.eval()
         model.stage2.fit(model.stage1, train, steps=STEP_CAP, lr=config["stage2_lr"],
                          batch_size=config["batch_size"], checkpoint_dir=out / kind,
-                         time_limit=60.0 * minutes, progress=progress, seed=seed)
+                         time_limit=60.0 * minutes, progress=progress, seed=seed,
+                         precision=config["precision"])
         model.save(out / kind / "model.pt")
         metrics = cli._evaluate(model, dataset, train_idx, test_idx, eval_idx, seed, progress=progress,
                                 classifier_steps=classifier_steps)

@@ -120,6 +120,9 @@ def test_seed_makes_a_fit_reproducible_and_a_changed_rerun_keeps_the_record(tmp_
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first.history["stage2"]]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in second.history["stage2"]]
     config = (runs[0] / "config.json").read_text()
+    from msvae.models.training import resolve_precision
+
+    assert json.loads(config)["precision"] == resolve_precision("auto", "cpu")  # recorded as resolved
     with pytest.raises(SystemExit, match=r"other settings \(beta: 6.0 there, 4.0 now\)"):
         main(["fit", "--out", str(runs[0]), *FIT, "--eval-size", "20", "--seed", "3", "--beta", "4"])
     assert (runs[0] / "config.json").read_text() == config
@@ -138,6 +141,7 @@ def test_seed_makes_a_fit_reproducible_and_a_changed_rerun_keeps_the_record(tmp_
     (["fit", "--beta", "inf"], "--beta: must be a finite number >= 0"),
     (["fit", "--threads", "0"], "--threads: must be an integer > 0"),
     (["fit", "--device", "nonsense"], "--device: not a torch device"),
+    (["fit", "--precision", "fp16"], "--precision: invalid choice: 'fp16'"),
     (["stage1", "--steps", "-1"], "--steps: must be an integer > 0"),
     (["traverse", "RUN", "--steps", "0"], "--steps: must be an integer > 1"),
     (["traverse", "RUN", "--span", "nan"], "--span: must be a finite number > 0"),

@@ -246,3 +246,47 @@ def test_neighbour_centring_estimates_the_conditional_mean_of_recent_codes():
     assert {"centre.keys", "centre.values", "centre.filled", "centre.cursor"} <= set(stage2.state_dict())
     with pytest.raises(ValueError, match="centring must be one of"):
         build_stage2({"kind": "vae", "centring": "median"})
+
+
+def test_after_fit_the_neighbour_table_holds_the_final_encoders_pairs_keyed_as_encode_queries(tmp_path):
+    """``fit`` ends with ``finish``: the table is refilled, in order, with ``(key(x1(mu(x))),
+    m(x, x1(mu(x))))`` for fresh training images, from the final networks; a rerun of the
+    completed fit refills it identically."""
+    from msvae.models.stage2 import NeighbourCentre, encoder_input
+    from msvae.models.training import random_batches
+
+    images = toy_images(40)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = image_model("vae", centring="neighbours", **SMALL)
+        model.stage2.centre = NeighbourCentre(4, 1, size=20, neighbours=4)
+        model.fit(images, stage1_steps=3, stage2_steps=3, batch_size=8, progress=False,
+                  checkpoint_dir=tmp_path)
+        models.append(model)
+    table, again = models[0].stage2.centre, models[1].stage2.centre
+    # 3 training batches of 8 left the ring's cursor at 24 % 20 = 4; the refill ends at 0
+    assert int(table.filled) == 20 and int(table.cursor) == 0
+    assert torch.equal(table.keys, again.keys) and torch.equal(table.values, again.values)
+    model = models[0]
+    torch.nn.init.normal_(model.stage2.encoder.head[-1].weight)  # codes that tell images apart
+    model.stage2.finish(model.stage1, random_batches(images, 8, torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        x1_mean = model.stage1_output(model.stage1.encode(images))[1]
+        keys, m = table._key(x1_mean), model.stage2.encoder(encoder_input(images, x1_mean))[0]
+    match = torch.cdist(table.values, m).argmin(1)  # each stored pair is one of the images'
+    assert len(set(match.tolist())) > 10  # fresh draws, not one image repeated
+    assert torch.allclose(table.values, m[match], atol=1e-5)
+    assert torch.allclose(table.keys, keys[match], atol=1e-5)
+    assert torch.is_grad_enabled()  # the refill's no-grad mode ended with it
+
+
+def test_neighbour_refresh_fills_the_table_in_order_from_a_stream_of_pairs():
+    from msvae.models.stage2 import NeighbourCentre
+
+    centre = NeighbourCentre(w_dim=2, channels=1, size=10, neighbours=3)
+    images, codes = toy_images(12), torch.randn(12, 2)
+    centre.learn(images[:7], codes[:7] + 5, None)  # old ring contents, to be replaced
+    centre.refresh(iter([(images[i:i + 4], codes[i:i + 4]) for i in range(0, 12, 4)]))
+    assert int(centre.filled) == 10 and torch.equal(centre.values, codes[:10])
+    assert torch.equal(centre.keys, centre._key(images[:10]))

@@ -2,12 +2,18 @@
 
 Encoders map data to the parameters ``(mu, logvar)`` of a diagonal Gaussian posterior ``[B, D]``;
 decoders map codes ``[B, D]`` to the decoder output (Bernoulli logits or Gaussian means) in the
-data's shape.
+data's shape. Under autocast (``training.autocast``) they compute in bfloat16 and still return
+float32 (``full_precision``), so every loss is computed in float32.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 if autocast left it in a half type (bfloat16/float16), else unchanged."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _check_image(x: Tensor, channels: int, name: str = "x") -> None:
@@ -34,7 +40,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_image(x, self.channels)
-        mu, logvar = self.head(self.features(x)).chunk(2, dim=1)
+        mu, logvar = full_precision(self.head(self.features(x))).chunk(2, dim=1)
         return mu, logvar
 
 
@@ -57,7 +63,7 @@ class ConvDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape [B, {self.latent_dim}], got {tuple(z.shape)}")
-        return self.deconvs(self.head(z).view(-1, self.width, 4, 4))
+        return full_precision(self.deconvs(self.head(z).view(-1, self.width, 4, 4)))
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -80,7 +86,7 @@ class MLPEncoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"x must have shape [B, {self.features}], got {tuple(x.shape)}")
-        mu, logvar = self.net(x).chunk(2, dim=1)
+        mu, logvar = full_precision(self.net(x)).chunk(2, dim=1)
         return mu, logvar
 
 
@@ -95,7 +101,7 @@ class MLPDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape [B, {self.latent_dim}], got {tuple(z.shape)}")
-        return self.net(z)
+        return full_precision(self.net(z))
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:

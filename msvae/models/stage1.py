@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (build_from_file, linear_warmup, random_batches, save_checkpoint,
-                                   train_resumably)
+from msvae.models.training import (autocast, build_from_file, image_layout, linear_warmup, random_batches,
+                                   resolve_precision, save_checkpoint, train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -92,7 +92,7 @@ class DisentangledVAE(nn.Module):
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True,
-            seed: int = 0, time_limit: float | None = None) -> list[dict]:
+            seed: int = 0, time_limit: float | None = None, precision: str = "fp32") -> list[dict]:
         """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset).
 
         ``loss`` defaults to ``BetaTCVAELoss(dataset_size=len(data))``; it is moved to the model's
@@ -104,7 +104,10 @@ class DisentangledVAE(nn.Module):
         history, written every ``checkpoint_every`` steps and ``checkpoint_seconds`` seconds; with ``resume`` training continues from
         it (exactly, on CPU and CUDA), and resuming with other settings is a ``ValueError``.
         ``time_limit`` (seconds, earlier runs of the checkpoint included) stops training early.
-        Seeds torch's global RNG with ``seed``.
+        Seeds torch's global RNG with ``seed``. ``precision`` (``training.PRECISIONS``): ``"bf16"``
+        runs the networks' forward passes under bfloat16 autocast (losses and weights stay float32;
+        ``"auto"``: where the device has native bfloat16). Image batches and convolution weights
+        are kept channels-last.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
         loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
@@ -117,15 +120,18 @@ class DisentangledVAE(nn.Module):
                                       *(p for p in loss_fn.parameters() if id(p) not in shared)], lr=lr)
         disc_optimizer = (torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
                           if discriminator_step is not None else None)
+        precision = resolve_precision(precision, self.device)
+        self.to(memory_format=torch.channels_last)
         settings = {"lr": lr, "batch_size": batch_size, "penalty_warmup": penalty_warmup,
-                    "seed": seed, "loss": repr(loss_fn)}
+                    "seed": seed, "loss": repr(loss_fn), "precision": precision}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         batches = random_batches(data, batch_size, generator, self.device)  # lazy: draws after a resume
 
         def step_fn(step: int) -> dict[str, float]:
-            x = next(batches)
-            out = self(x)
+            x = image_layout(next(batches))
+            with autocast(self.device, precision):
+                out = self(x)
             total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
             if step < penalty_warmup:
                 recon = reconstruction_nll(x, out["output"], recon_kind).mean()

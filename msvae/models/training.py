@@ -1,6 +1,7 @@
 """Training utilities shared by the stages: endless random batches, checkpoints, the progress loop."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -88,6 +89,59 @@ def build_from_file(path: str | os.PathLike, build: Callable[[dict], T]) -> T:
                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"bf16"`` or ``"fp32"``: ``"auto"`` is bf16 where ``device`` computes bfloat16 natively (a
+    CUDA GPU that supports it; a CPU with AMX tiles, e.g. Sapphire Rapids), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and torch.cpu._is_amx_tile_supported() else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The context for a training forward pass at ``precision`` (``"bf16"``: torch's autocast, so
+    convolutions and matrix products compute in bfloat16; every msvae network returns float32, so
+    losses, estimators and optimiser states stay float32; ``"fp32"``: nothing)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be 'bf16' or 'fp32' here, got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def denormals_flushed() -> bool:
+    """Whether the CPU now flushes subnormal floats to zero (``torch.set_flush_denormal``)."""
+    return torch.tensor([1e-39]).mul(0.5).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Subnormal floats flushed to zero on the CPU while inside (the previous mode restored after).
+    Sigmoid means of saturated logits (``x1_mean`` of a binary image's background, ~1e-40) are
+    subnormal, and arithmetic on them is slow: with them flushed the quick preset's stage-2 step
+    took 234 ms instead of 433 ms, its neighbour search 18 ms instead of 267 ms. Values below
+    1.2e-38 become 0, which no loss here can tell."""
+    previous = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
+
+
+def image_layout(x: Tensor) -> Tensor:
+    """A batch of images ``[B, C, H, W]`` in channels-last memory order (the faster layout for
+    oneDNN and cuDNN convolutions; values unchanged); anything else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def linear_warmup(step: int, warmup_steps: int) -> float:
     """0 -> 1 linearly over ``warmup_steps`` (1 throughout when ``warmup_steps`` is 0)."""
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
@@ -148,9 +202,10 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
 
     remaining = None if time_limit is None else time_limit - trained
     if state is None or remaining is None or remaining > 0:
-        run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
-                  checkpoint=checkpoint if path is not None else None, seconds_before=trained,
-                  pending=pending, **loop)
+        with flush_denormals():
+            run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
+                      checkpoint=checkpoint if path is not None else None, seconds_before=trained,
+                      pending=pending, **loop)
     return history
 
 
