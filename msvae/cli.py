@@ -34,8 +34,8 @@ from msvae.models.training import PRECISIONS, flush_denormals, resolve_precision
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # ``msvae fit`` presets; any option given on the command line overrides its preset's value.
 PRESETS = {
-    # The whole pipeline on a 2-core CPU (about 45 minutes measured here). Bounded by steps, not
-    # minutes, so a busy machine trains as long, only slower.
+    # The whole pipeline on a 2-core CPU (18 minutes measured here beside another heavy job, bf16
+    # on one thread). Bounded by steps, not minutes, so a busy machine trains as long, only slower.
     "quick": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
                   estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = commands.add_parser("fit", help="fit stage 1 then stage 2 on dSprites, evaluate, draw figures")
     f.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: 4,400 + 2,000 steps (about 45 min on a 2-core CPU); "
+                   help="quick: 4,400 + 2,000 steps (about 18 min on a 2-core CPU); "
                         "paper: full length, for a GPU")
     _common(f, defaults=False)
     f.add_argument("--stage2", choices=["vae", "flow", "gan", "mog"], default=None,

@@ -377,10 +377,11 @@ class VAEStage2(SecondStage):
             signal ``m`` picks up and ``w`` collapses (measured: KL 0 nats at step 800 of the
             quick preset). The weight in use is a buffer (``centring_weight``), saved with the model.
         centring: how ``r`` is estimated: ``"neighbours"`` (``NeighbourCentre``, nearest
-            neighbours among recent training pairs; on the quick preset ``w_leak.of_z`` shape /
-            scale / x / y 0.13 / 0.07 / 0.07 / 0.02) or ``"regression"`` (``RegressionCentre``, a
-            network, which tracked ``E[m | x1]`` only in part, correlation ~0.6: 0.33 / 0.21 /
-            0.15 / 0.09; uncentred: 0.39 / 0.24 / 0.09 / 0.08).
+            neighbours among training pairs, the table refilled by the final encoder after
+            training (``finish``); on the quick preset ``w_leak.of_z`` shape / scale / x / y
+            0.024 / 0.029 / 0.029 / 0.016) or ``"regression"`` (``RegressionCentre``, a network,
+            which tracked ``E[m | x1]`` only in part, correlation ~0.6: 0.33 / 0.21 / 0.15 / 0.09;
+            uncentred: 0.39 / 0.24 / 0.09 / 0.08).
     """
 
     bound = "elbo"
