@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (autocast, build_from_file, image_layout, linear_warmup, random_batches,
+from msvae.models.training import (autocast, build_from_file, linear_warmup, random_batches,
                                    resolve_precision, save_checkpoint, train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -129,7 +129,7 @@ class DisentangledVAE(nn.Module):
         batches = random_batches(data, batch_size, generator, self.device)  # lazy: draws after a resume
 
         def step_fn(step: int) -> dict[str, float]:
-            x = image_layout(next(batches))
+            x = next(batches)
             with autocast(self.device, precision):
                 out = self(x)
             total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])

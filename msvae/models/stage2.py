@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import ConvEncoder, full_precision, reparameterize
-from msvae.models.training import (autocast, flush_denormals, image_layout, kl_penalty, linear_warmup,
+from msvae.models.training import (autocast, flush_denormals, kl_penalty, linear_warmup,
                                    random_batches, resolve_precision, train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -331,7 +331,7 @@ class SecondStage(nn.Module):
         batches = random_batches(data, batch_size, generator, self.device)
 
         def step_fn(step: int) -> dict[str, float]:
-            x = image_layout(next(batches))
+            x = next(batches)
             _, _, x1, x1_mean = sampled_stage1_output(stage1, x)  # float32: as at sampling
             terms = self.training_step(x, x1, x1_mean, step, optimizers, precision)
             return dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
@@ -464,7 +464,7 @@ class VAEStage2(SecondStage):
 
         def pairs():  # consumed inside this no_grad call (a generator must not hold the grad mode)
             while True:
-                x = image_layout(next(batches))
+                x = next(batches)
                 x1_mean = stage1.mean_output(stage1.decoder(stage1.encoder(x)[0]))
                 yield x1_mean, self.encoder(encoder_input(x, x1_mean))[0]
 

@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
                    device: torch.device | str = "cpu") -> Iterator[Tensor]:
-    """Endless batches ``[batch_size, ...]`` of items drawn uniformly with replacement.
+    """Endless batches ``[batch_size, ...]`` of items drawn uniformly with replacement (image
+    batches channels-last, ``image_layout``).
 
     ``data`` is a tensor ``[N, ...]`` or a map-style dataset; a dataset with ``__getitems__``
     (a list of indices -> the list of items, or one batch tensor) is asked for whole batches.
@@ -40,7 +41,7 @@ def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Gen
                      else [data[i] for i in index.tolist()])
             batch = items if isinstance(items, Tensor) else torch.stack(
                 [torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item) for item in items])
-        yield batch.to(device, non_blocking=True).float()
+        yield image_layout(batch.to(device, non_blocking=True).float())
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
