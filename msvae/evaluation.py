@@ -259,23 +259,28 @@ def traversal_report(model, classifier, images: Tensor, mu: Tensor, factors: np.
 
 
 def dsprites_factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
-                               seed: int = 0, steps: int = 2000, progress: bool = True):
+                               seed: int = 0, steps: int = 2000, precision: str = "auto",
+                               progress: bool = True):
     """The dSprites factor classifier (``msvae.models.factor_classifier``) of ``dataset.factor_classes``,
-    trained on ``train_indices`` and cached; returns it and its accuracy per factor on 2,000 of
+    trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
+    ``training.resolve_precision``) and cached; returns it and its accuracy per factor on 2,000 of
     ``test_indices``."""
+    from msvae.models.training import resolve_precision
+
+    precision = resolve_precision(precision, "cpu")
     from msvae.models.factor_classifier import cached_factor_classifier, train_factor_classifier
 
     test = np.random.default_rng(seed).choice(test_indices, min(2000, len(test_indices)), replace=False)
     settings = {"dataset": "dsprites" if dataset.path is None else f"dsprites:{dataset.path}",
                 "train": _digest(train_indices), "test": _digest(test),
-                "steps": steps, "seed": seed}
+                "steps": steps, "seed": seed, "precision": precision}
 
     def classes_of(indices: np.ndarray) -> np.ndarray:
         return dataset.factor_classes(dataset.factors(indices))
 
     return cached_factor_classifier("dsprites", settings, lambda: train_factor_classifier(
         dataset.images, classes_of, dataset.class_sizes, train_indices, test, steps=steps,
-        seed=seed, progress=progress))
+        seed=seed, precision=precision, progress=progress))
 
 
 def _digest(indices: np.ndarray) -> str:

@@ -118,6 +118,32 @@ def test_rendering_is_deterministic(ds):
     torch.testing.assert_close(first[7], rasterize(factors[7:8])[0], rtol=0, atol=0)  # batch-independent
 
 
+def whole_image_rasterize(factors):
+    """The reference: every one of the 64 x 64 pixels tested against its sprite."""
+    from msvae.data.dsprites import _PIXEL_CENTRES, MARGIN, ORIENTATIONS, POSITIONS, SCALES, _inside
+
+    shape, scale, orientation, pos_x, pos_y = np.asarray(factors).T
+    centre_col = (MARGIN + POSITIONS[pos_x] * (64 - 2 * MARGIN))[:, None, None]
+    centre_row = (MARGIN + POSITIONS[pos_y] * (64 - 2 * MARGIN))[:, None, None]
+    angle, size = ORIENTATIONS[orientation][:, None, None], SCALES[scale][:, None, None]
+    right, up = _PIXEL_CENTRES[None, None, :] - centre_col, centre_row - _PIXEL_CENTRES[None, :, None]
+    u = (np.cos(angle) * right + np.sin(angle) * up) / size
+    v = (np.cos(angle) * up - np.sin(angle) * right) / size
+    return torch.from_numpy(np.stack([_inside(int(s), u[i], v[i]) for i, s in enumerate(shape)])
+                            .astype(np.float32)).unsqueeze(1)
+
+
+def test_windowed_rendering_equals_testing_every_pixel():
+    """``rasterize`` tests only a window around each sprite: every shape and orientation at the
+    largest scale in the four corners and the middle, and random images, render bit for bit as
+    when every pixel is tested."""
+    corners = [(0, 0), (0, 31), (31, 0), (31, 31), (15, 16)]
+    factors = np.array([(shape, 5, orientation, x, y) for shape in range(3) for orientation in range(40)
+                        for x, y in corners])
+    factors = np.concatenate([factors, DSprites.sample_factors(500, np.random.default_rng())])
+    torch.testing.assert_close(rasterize(factors), whole_image_rasterize(factors), rtol=0, atol=0)
+
+
 def heart_area_units(resolution=1501):
     """Area of (u^2 + v^2 - 1)^3 - u^2 v^3 <= 0 by midpoint integration on [-1.5, 1.5]^2 (float64)."""
     step = 3.0 / resolution

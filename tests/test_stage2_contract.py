@@ -248,6 +248,26 @@ def test_neighbour_centring_estimates_the_conditional_mean_of_recent_codes():
         build_stage2({"kind": "vae", "centring": "median"})
 
 
+def test_neighbour_search_finds_the_nearest_keys_and_its_norms_are_rebuilt_on_loading():
+    """The search ranks ``|k|^2 - 2 q.k`` with ``|k|^2`` kept beside the table: the neighbours are
+    the brute-force nearest ones, and a table loaded from a state dict (which does not hold the
+    norms) searches as the original does."""
+    from msvae.models.stage2 import NeighbourCentre
+
+    torch.manual_seed(0)
+    centre = NeighbourCentre(w_dim=3, channels=1, size=64, neighbours=5, pool=16)
+    images, codes = torch.rand(50, 1, 64, 64), torch.randn(50, 3)
+    centre.learn(images, codes, None)
+    queries = torch.rand(7, 1, 64, 64)
+    nearest = torch.cdist(centre._key(queries).double(), centre.keys[:50].double()).topk(5, largest=False).indices
+    assert torch.allclose(centre(queries), codes[nearest].mean(1), atol=1e-6)
+    assert "key_norms" not in centre.state_dict()
+    loaded = NeighbourCentre(w_dim=3, channels=1, size=64, neighbours=5, pool=16)
+    loaded.load_state_dict(centre.state_dict())
+    assert torch.allclose(loaded.key_norms, centre.keys.pow(2).sum(1))
+    assert torch.equal(loaded(queries), centre(queries))
+
+
 def test_after_fit_the_neighbour_table_holds_the_final_encoders_pairs_keyed_as_encode_queries(tmp_path):
     """``fit`` ends with ``finish``: the table is refilled, in order, with ``(key(x1(mu(x))),
     m(x, x1(mu(x))))`` for fresh training images, from the final networks; a rerun of the

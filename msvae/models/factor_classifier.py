@@ -14,29 +14,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from msvae.models.training import (autocast, flush_denormals, image_layout, load_checkpoint, run_steps,
+                                   save_checkpoint)
 
-from msvae.models.training import load_checkpoint, save_checkpoint
-
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class FactorClassifier(nn.Module):
     """64x64 images ``[B, C, 64, 64]`` -> one logit vector per factor (``class_sizes``).
 
-    A conv trunk (4 stride-2 convolutions, batch norm) and a dense layer give ``features [B, F]``;
-    one linear head per factor reads them.
+    A conv trunk (4 stride-2 convolutions of ``widths`` channels, batch norm after all but the
+    first, which at 32x32 would cost a third of a training step) and a dense layer give
+    ``features [B, F]``; one linear head per factor reads them.
     """
 
-    def __init__(self, class_sizes: Sequence[int], channels: int = 1, width: int = 32,
-                 features: int = 128):
+    def __init__(self, class_sizes: Sequence[int], channels: int = 1,
+                 widths: Sequence[int] = (16, 32, 64, 64), features: int = 128):
         super().__init__()
-        self.config = dict(class_sizes=list(class_sizes), channels=channels, width=width,
+        if len(widths) != 4:
+            raise ValueError(f"widths must give the 4 convolutions' channels, got {widths}")
+        self.config = dict(class_sizes=list(class_sizes), channels=channels, widths=list(widths),
                            features=features)
         layers, c = [], channels
-        for i in range(4):
-            out = width * (2 if i >= 2 else 1)
-            layers += [nn.Conv2d(c, out, 4, 2, 1), nn.BatchNorm2d(out), nn.ReLU()]
+        for i, out in enumerate(widths):
+            layers += [nn.Conv2d(c, out, 4, 2, 1), *([nn.BatchNorm2d(out)] if i else []), nn.ReLU()]
             c = out
         self.trunk = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 16, features), nn.ReLU())
         self.heads = nn.ModuleList(nn.Linear(features, size) for size in class_sizes)
@@ -55,7 +56,7 @@ class FactorClassifier(nn.Module):
         device = next(self.parameters()).device
         feats, classes = [], []
         for start in range(0, len(images), batch_size):
-            h = self.features(images[start:start + batch_size].to(device).float())
+            h = self.features(image_layout(images[start:start + batch_size].to(device).float()))
             feats.append(h.double().cpu())
             classes.append(torch.stack([head(h).argmax(1) for head in self.heads], 1).cpu())
         return torch.cat(feats).numpy(), torch.cat(classes).numpy()
@@ -64,27 +65,33 @@ class FactorClassifier(nn.Module):
 def train_factor_classifier(render: Callable[[np.ndarray], Tensor], classes_of: Callable[[np.ndarray], np.ndarray],
                             class_sizes: Sequence[int], train_indices: np.ndarray,
                             test_indices: np.ndarray, *, steps: int = 2000, batch_size: int = 128,
-                            lr: float = 2e-3, width: int = 32, seed: int = 0,
+                            lr: float = 2e-3, seed: int = 0, precision: str = "fp32",
                             progress: bool = True) -> tuple[FactorClassifier, list[float]]:
     """Trains a ``FactorClassifier`` on random batches of the images ``render(indices)`` with labels
-    ``classes_of(indices) [n, K]``; returns it (in eval mode) and its accuracy per factor on
-    ``test_indices``."""
+    ``classes_of(indices) [n, K]`` (channels-last; ``precision`` as in ``training.autocast``; the
+    progress convention of ``training.run_steps``); returns it (in eval mode, float32) and its
+    accuracy per factor on ``test_indices``."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FactorClassifier(class_sizes, width=width)
+        model = FactorClassifier(class_sizes).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1))
         model.train()
-        for _ in tqdm(range(steps), desc="factor classifier", disable=not progress, dynamic_ncols=True):
+
+        def step(_: int) -> dict[str, float]:
             pick = train_indices[torch.randint(len(train_indices), (batch_size,), generator=generator).numpy()]
             labels = torch.as_tensor(classes_of(pick))
-            logits = model(render(pick))
-            loss = sum(F.cross_entropy(l, labels[:, k]) for k, l in enumerate(logits))
+            with autocast("cpu", precision), flush_denormals():
+                logits = model(image_layout(render(pick)))
+            loss = sum(F.cross_entropy(l.float(), labels[:, k]) for k, l in enumerate(logits))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+            return {"loss": loss.item()}
+
+        run_steps(step, start=0, steps=steps, history=[], progress=progress, desc="factor classifier")
     model.eval()
     _, predicted = model.embed(render(test_indices))
     accuracy = (predicted == classes_of(test_indices)).mean(0).tolist()

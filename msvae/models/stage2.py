@@ -191,16 +191,24 @@ class NeighbourCentre(nn.Module):
         self.register_buffer("values", torch.zeros(size, w_dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("cursor", torch.zeros((), dtype=torch.long))
+        # |key|^2 of every row, kept beside the table (derived, so not saved; rebuilt on loading)
+        self.register_buffer("key_norms", torch.zeros(size), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module._index())
 
     def _key(self, x1_mean: Tensor) -> Tensor:
         return F.avg_pool2d(x1_mean, self.pool).flatten(1)
+
+    @torch.no_grad()
+    def _index(self) -> None:
+        self.key_norms.copy_(self.keys.pow(2).sum(1))
 
     def forward(self, x1_mean: Tensor) -> Tensor:
         n = int(self.filled)
         if n == 0:
             return x1_mean.new_zeros(len(x1_mean), self.values.shape[1])
         with torch.autocast(x1_mean.device.type, enabled=False):  # float32 search: in bfloat16 the
-            distances = torch.cdist(self._key(x1_mean), self.keys[:n])  # search was slower and coarser
+            # search was slower and coarser. The ranking of |q - k|^2 is that of |k|^2 - 2 q.k
+            distances = torch.addmm(self.key_norms[:n], self._key(x1_mean.float()), self.keys[:n].T, alpha=-2)
         nearest = distances.topk(min(self.neighbours, n), largest=False).indices
         return self.values[:n][nearest].mean(1)
 
@@ -208,7 +216,8 @@ class NeighbourCentre(nn.Module):
     def learn(self, x1_mean: Tensor, m: Tensor, r: Tensor) -> Tensor:
         size = len(self.keys)
         slots = (int(self.cursor) + torch.arange(len(m), device=m.device)) % size
-        self.keys[slots], self.values[slots] = self._key(x1_mean), m.detach()
+        keys = self._key(x1_mean)
+        self.keys[slots], self.values[slots], self.key_norms[slots] = keys, m.detach(), keys.pow(2).sum(1)
         self.cursor.fill_((int(self.cursor) + len(m)) % size)
         self.filled.fill_(min(size, int(self.filled) + len(m)))
         return m.new_zeros(())
