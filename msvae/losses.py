@@ -5,16 +5,25 @@ Every loss takes ``(x, x_logits_or_mean, z, mu, logvar)`` — the data batch ``[
 decoder output of the same shape (Bernoulli logits or Gaussian means), the sampled codes
 ``z [B, D]`` and the posterior parameters ``mu, logvar [B, D]`` — and returns the scalar loss (mean
 over the batch) and a dict of its terms (detached scalars, also batch means).
+
+Under data parallelism, ``process_group`` (beta-TCVAE, DIP-VAE, the decomposition objective and
+FactorVAE's discriminator) makes the batch-level estimators see the global batch: the posteriors
+of every rank are gathered with gradients (``msvae.distributed.gather_rows``), each rank's own
+rows are the queries, so the op's memory stays ``O((B_local + B_global) D)``, and with
+DistributedDataParallel's gradient average the update is that of the one-process loss on the
+global batch. ``None`` (the default): this process's batch only.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from msvae.distributed import gather_rows, rank_and_size
 from msvae.ops import mixture_log_density
 from msvae.ops.reference import gaussian_log_density
 from msvae.priors import AnisotropicGaussian, LearnedPrior, as_distribution
@@ -66,6 +75,19 @@ def _check_codes(x: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> None:
         raise ValueError(f"x has batch size {x.shape[0]} but mu has {mu.shape[0]}")
 
 
+def _global_posteriors(mu: Tensor, logvar: Tensor, group, own_rows_first: bool = False) -> tuple[Tensor, Tensor]:
+    """Every rank's ``(mu, logvar)`` ``[B_global, D]`` (``gather_rows``; this rank's own for
+    ``group=None``); with ``own_rows_first`` rotated so that this rank's rows come first and the
+    cyclic order is kept (MSS: query ``i``'s strata are components ``i`` and ``i + 1``)."""
+    rank, size = rank_and_size(group)
+    if size == 1:
+        return mu, logvar
+    both = gather_rows(torch.cat([mu, logvar], 1), group)
+    if own_rows_first:
+        both = both.roll(-rank * mu.shape[0], 0)
+    return both.chunk(2, 1)
+
+
 def beta_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
                   beta: float = 4.0, recon: Reconstruction = "bernoulli") -> tuple[Tensor, dict]:
     """beta-VAE (Higgins et al. 2017): ``recon + beta * KL(q(z|x) || N(0, I))``."""
@@ -79,13 +101,15 @@ def beta_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, lo
 def beta_tcvae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
                     dataset_size: int, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0,
                     estimator: str = "mss", recon: Reconstruction = "bernoulli",
-                    backend: str | None = None) -> tuple[Tensor, dict]:
+                    backend: str | None = None, process_group=None) -> tuple[Tensor, dict]:
     """beta-TCVAE (Chen et al. 2018): ``recon + alpha * MI + beta * TC + gamma * dwKL``.
 
     With ``J = log q(z)`` and ``M_d = log q(z_d)`` estimated on the minibatch by
     ``msvae.ops.mixture_log_density`` (``estimator`` ``"mss"`` or ``"mws"``):
     ``MI = log q(z|x) - J``, ``TC = J - sum_d M_d``, ``dwKL = sum_d M_d - log p(z)``, batch means.
     Their sum is the single-sample estimate of KL(q(z|x) || p(z)), whatever the estimator.
+    With ``process_group`` the mixture is the global batch's (MSS strata over the global batch,
+    ranks' rows in rank order); the terms are means over this rank's rows.
     """
     if estimator not in ("mss", "mws"):
         raise ValueError(f"estimator must be 'mss' or 'mws', got {estimator!r}")
@@ -93,7 +117,9 @@ def beta_tcvae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, 
     nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
     log_qz_given_x = gaussian_log_density(z, mu, logvar).sum(1)
     log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)
-    log_qz, log_qz_marginals = mixture_log_density(z, mu, logvar, weights=estimator,
+    components_mu, components_logvar = _global_posteriors(mu, logvar, process_group,
+                                                          own_rows_first=estimator == "mss")
+    log_qz, log_qz_marginals = mixture_log_density(z, components_mu, components_logvar, weights=estimator,
                                                    dataset_size=dataset_size, backend=backend)
     log_prod_qzd = log_qz_marginals.sum(1)
     mi = (log_qz_given_x - log_qz).mean()
@@ -121,7 +147,7 @@ class BetaTCVAELoss(nn.Module):
 
     def __init__(self, dataset_size: int, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0,
                  estimator: str = "mss", recon: Reconstruction = "bernoulli",
-                 backend: str | None = None):
+                 backend: str | None = None, process_group=None):
         super().__init__()
         if estimator not in ("mss", "mws"):
             raise ValueError(f"estimator must be 'mss' or 'mws', got {estimator!r}")
@@ -129,11 +155,13 @@ class BetaTCVAELoss(nn.Module):
             raise ValueError(f"dataset_size must be a positive int, got {dataset_size!r}")
         self.dataset_size, self.estimator, self.backend = dataset_size, estimator, backend
         self.alpha, self.beta, self.gamma, self.recon = alpha, beta, gamma, recon
+        self.process_group = process_group
 
     def forward(self, x, x_logits_or_mean, z, mu, logvar):
         return beta_tcvae_loss(x, x_logits_or_mean, z, mu, logvar, dataset_size=self.dataset_size,
                                alpha=self.alpha, beta=self.beta, gamma=self.gamma,
-                               estimator=self.estimator, recon=self.recon, backend=self.backend)
+                               estimator=self.estimator, recon=self.recon, backend=self.backend,
+                               process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return (f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, "
@@ -204,7 +232,7 @@ class FactorVAELoss(nn.Module):
     """
 
     def __init__(self, latent_dim: int, gamma: float = 40.0, discriminator: nn.Module | None = None,
-                 recon: Reconstruction = "bernoulli"):
+                 recon: Reconstruction = "bernoulli", process_group=None):
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
@@ -212,6 +240,7 @@ class FactorVAELoss(nn.Module):
             discriminator = factor_vae_discriminator(latent_dim)
         self.discriminator = discriminator
         self.latent_dim, self.gamma, self.recon = latent_dim, gamma, recon
+        self.process_group = process_group
 
     def forward(self, x, x_logits_or_mean, z, mu, logvar):
         return factor_vae_loss(x, x_logits_or_mean, z, mu, logvar, discriminator=self.discriminator,
@@ -219,13 +248,23 @@ class FactorVAELoss(nn.Module):
 
     def discriminator_loss(self, z: Tensor, z_permuted_source: Tensor | None = None) -> Tensor:
         """Cross-entropy of the discriminator on ``z`` (class 0) and ``permute_dims`` of
-        ``z_permuted_source`` (default ``z``; class 1), both detached, halves weighted equally."""
+        ``z_permuted_source`` (default ``z``; class 1), both detached, halves weighted equally.
+        With ``process_group`` the permutation is of the global batch (drawn on the group's first
+        rank, the same for all), and this rank scores its share of the permuted rows."""
         source = z if z_permuted_source is None else z_permuted_source
         for name, t in (("z", z), ("z_permuted_source", source)):
             if t.dim() != 2 or t.shape[1] != self.latent_dim:
                 raise ValueError(f"{name} must have shape [B, {self.latent_dim}], got {tuple(t.shape)}")
+        rank, size = rank_and_size(self.process_group)
+        if size == 1:
+            permuted = permute_dims(source.detach())
+        else:
+            every = gather_rows(source.detach(), self.process_group)
+            order = torch.rand(every.shape, device=every.device).argsort(0)
+            dist.broadcast(order, dist.get_global_rank(self.process_group, 0), group=self.process_group)
+            permuted = every.gather(0, order).chunk(size)[rank]
         real = _discriminator_logits(self.discriminator, z.detach(), track_parameters=True)
-        fake = _discriminator_logits(self.discriminator, permute_dims(source.detach()), track_parameters=True)
+        fake = _discriminator_logits(self.discriminator, permuted, track_parameters=True)
         return 0.5 * (F.cross_entropy(real, real.new_zeros(len(real), dtype=torch.long))
                       + F.cross_entropy(fake, fake.new_ones(len(fake), dtype=torch.long)))
 
@@ -244,9 +283,11 @@ class FactorVAELoss(nn.Module):
 
 # ---- DIP-VAE --------------------------------------------------------------------------------
 
-def dip_covariance(mu: Tensor, logvar: Tensor, variant: str) -> Tensor:
-    """The covariance DIP-VAE pushes towards I, ``[D, D]`` over the batch: ``Cov[mu]`` (``"i"``) or
-    the aggregate posterior's ``E[diag(exp(logvar))] + Cov[mu]`` (``"ii"``); population (1/B) moments."""
+def dip_covariance(mu: Tensor, logvar: Tensor, variant: str, process_group=None) -> Tensor:
+    """The covariance DIP-VAE pushes towards I, ``[D, D]`` over the batch (the global batch with
+    ``process_group``): ``Cov[mu]`` (``"i"``) or the aggregate posterior's
+    ``E[diag(exp(logvar))] + Cov[mu]`` (``"ii"``); population (1/B) moments."""
+    mu, logvar = _global_posteriors(mu, logvar, process_group)
     centred = mu - mu.mean(0)
     cov = centred.T @ centred / mu.shape[0]
     return cov + torch.diag(logvar.exp().mean(0)) if variant == "ii" else cov
@@ -254,7 +295,7 @@ def dip_covariance(mu: Tensor, logvar: Tensor, variant: str) -> Tensor:
 
 def dip_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
                  variant: str = "ii", lambda_od: float = 10.0, lambda_d: float | None = None,
-                 recon: Reconstruction = "bernoulli") -> tuple[Tensor, dict]:
+                 recon: Reconstruction = "bernoulli", process_group=None) -> tuple[Tensor, dict]:
     """DIP-VAE (Kumar et al. 2018): ``recon + KL + lambda_od sum_{i!=j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2``
     with ``C = dip_covariance(mu, logvar, variant)``; ``lambda_d`` defaults to the paper's
     ``10 * lambda_od`` (DIP-VAE-I) or ``lambda_od`` (DIP-VAE-II)."""
@@ -267,7 +308,7 @@ def dip_vae_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, log
     _check_codes(x, z, mu, logvar)
     nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
     kl = gaussian_kl(mu, logvar).sum(1).mean()
-    cov = dip_covariance(mu, logvar, variant)
+    cov = dip_covariance(mu, logvar, variant, process_group)
     diag = cov.diagonal()
     off_diagonal = cov.pow(2).sum() - diag.pow(2).sum()
     diagonal = (diag - 1).pow(2).sum()
@@ -280,15 +321,17 @@ class DIPVAELoss(nn.Module):
     """Module form of ``dip_vae_loss``."""
 
     def __init__(self, variant: str = "ii", lambda_od: float = 10.0, lambda_d: float | None = None,
-                 recon: Reconstruction = "bernoulli"):
+                 recon: Reconstruction = "bernoulli", process_group=None):
         super().__init__()
         if variant not in ("i", "ii"):
             raise ValueError(f"variant must be 'i' or 'ii', got {variant!r}")
         self.variant, self.lambda_od, self.lambda_d, self.recon = variant, lambda_od, lambda_d, recon
+        self.process_group = process_group
 
     def forward(self, x, x_logits_or_mean, z, mu, logvar):
         return dip_vae_loss(x, x_logits_or_mean, z, mu, logvar, variant=self.variant,
-                            lambda_od=self.lambda_od, lambda_d=self.lambda_d, recon=self.recon)
+                            lambda_od=self.lambda_od, lambda_d=self.lambda_d, recon=self.recon,
+                            process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, lambda_od={self.lambda_od}, lambda_d={self.lambda_d}"
@@ -336,8 +379,8 @@ def _prior_kl(z: Tensor, mu: Tensor, logvar: Tensor, prior: Distribution) -> Ten
 def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, *,
                        prior: Distribution | LearnedPrior, beta: float = 1.0, alpha: float = 0.0,
                        divergence: str = "inclusive_kl", num_prior_samples: int | None = None,
-                       recon: Reconstruction = "bernoulli",
-                       backend: str | None = None) -> tuple[Tensor, dict]:
+                       recon: Reconstruction = "bernoulli", backend: str | None = None,
+                       process_group=None) -> tuple[Tensor, dict]:
     """The decomposition objective (Mathieu et al. 2019): ``recon + beta KL(q(z|x) || p(z)) + alpha D``.
 
     ``prior`` is any ``msvae.priors`` prior (event shape ``[D]``). ``D(q(z), p(z))`` is estimated on the
@@ -349,7 +392,9 @@ def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tenso
 
     The divergence (term ``"divergence"``) is estimated only when ``alpha > 0``. Prior draws come
     from ``rsample`` where the prior has one; otherwise they are constants and the divergence passes
-    no gradient to the prior's parameters through them.
+    no gradient to the prior's parameters through them. With ``process_group`` each rank draws
+    its ``num_prior_samples`` and ``q(z)`` is the global batch's mixture (``"inclusive_kl"``:
+    this rank's draws are the queries; ``"mmd"``: every rank's codes and draws are gathered).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
@@ -370,10 +415,12 @@ def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tenso
     if alpha > 0:
         z_prior = (prior.rsample if prior.has_rsample else prior.sample)((num,)).to(z.dtype)
         if divergence == "inclusive_kl":
-            log_qz, _ = mixture_log_density(z_prior, mu, logvar, weights="uniform", backend=backend)
+            components_mu, components_logvar = _global_posteriors(mu, logvar, process_group)
+            log_qz, _ = mixture_log_density(z_prior, components_mu, components_logvar,
+                                            weights="uniform", backend=backend)
             div = (prior.log_prob(z_prior) - log_qz).mean()
         else:
-            div = imq_mmd(z, z_prior)
+            div = imq_mmd(gather_rows(z, process_group), gather_rows(z_prior, process_group))
         terms["loss"] = loss = loss + alpha * div
         terms["divergence"] = div
     return loss, {name: value.detach() for name, value in terms.items()}
@@ -386,19 +433,20 @@ class DecompositionLoss(nn.Module):
 
     def __init__(self, prior: Distribution | LearnedPrior, beta: float = 1.0, alpha: float = 0.0,
                  divergence: str = "inclusive_kl", num_prior_samples: int | None = None,
-                 recon: Reconstruction = "bernoulli", backend: str | None = None):
+                 recon: Reconstruction = "bernoulli", backend: str | None = None, process_group=None):
         super().__init__()
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         as_distribution(prior)  # validates the type
         self.prior, self.beta, self.alpha, self.divergence = prior, beta, alpha, divergence
         self.num_prior_samples, self.recon, self.backend = num_prior_samples, recon, backend
+        self.process_group = process_group
 
     def forward(self, x, x_logits_or_mean, z, mu, logvar):
         return decomposition_loss(x, x_logits_or_mean, z, mu, logvar, prior=self.prior, beta=self.beta,
                                   alpha=self.alpha, divergence=self.divergence,
                                   num_prior_samples=self.num_prior_samples, recon=self.recon,
-                                  backend=self.backend)
+                                  backend=self.backend, process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, alpha={self.alpha}, divergence={self.divergence!r}"

@@ -186,6 +186,22 @@ def test_kernel_applies_mss_weights_on_the_diagonal(backend, device):
     torch.testing.assert_close(joint - peak, torch.full_like(joint, math.log((N - M) / (N * M))))
 
 
+@pytest.mark.parametrize("backend,device", CASES + [("reference", "cpu")])
+def test_mss_with_the_first_rows_as_queries_is_those_rows_of_the_whole_batch(backend, device):
+    """MSS queries may be the batch's first Q < B rows (a rank's own rows of a global batch,
+    rotated to the front): values and gradients are those rows' of the Q = B computation."""
+    x, mu, logvar = (t.to(device).requires_grad_() for t in make_inputs(9, 9, 3))
+    joint, marginal = mixture_log_density(x, mu, logvar, weights="mss", dataset_size=N, backend=backend)
+    part_joint, part_marginal = mixture_log_density(x[:4], mu, logvar, weights="mss", dataset_size=N,
+                                                    backend=backend)
+    torch.testing.assert_close(part_joint, joint[:4])
+    torch.testing.assert_close(part_marginal, marginal[:4])
+    whole = torch.autograd.grad((joint[:4].sum() + marginal[:4].sum()), (mu, logvar))
+    part = torch.autograd.grad((part_joint.sum() + part_marginal.sum()), (mu, logvar))
+    for a, b in zip(whole, part):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("backend,device", CASES)
 def test_weights_in_kernel_sum_to_one(backend, device):
     """Identical components: joint = logsumexp_j lw(i, j) + sum_d f_d, which is sum_d f_d for MSS."""
@@ -254,7 +270,7 @@ def _good(Q=4, B=4, D=3):
     (lambda x, mu, lv: (x, mu, lv), {"dataset_size": 3}, r"dataset_size must be >= the batch size B=4"),
     (lambda x, mu, lv: (x, mu, lv), {"dataset_size": 10.0}, r"dataset_size must be an int"),
     (lambda x, mu, lv: (x, mu, lv), {"weights": "stratified"}, r"weights must be one of"),
-    (lambda x, mu, lv: (x[:3], mu, lv), {"weights": "mss"}, r"needs the queries to be the batch"),
+    (lambda x, mu, lv: (torch.cat([x, x]), mu, lv), {"weights": "mss"}, r"needs the queries to be rows of the batch"),
 ])
 def test_bad_input_raises_value_error(backend, mutate, kwargs, match):
     x, mu, logvar = _good()

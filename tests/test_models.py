@@ -94,7 +94,7 @@ def test_time_limit_stops_early(tmp_path):
 def test_random_batches_from_tensors_and_datasets():
     from torch.utils.data import Dataset
 
-    from msvae.models.training import random_batches
+    from msvae.models.training import RandomBatches
 
     data = torch.arange(10.0)[:, None]
 
@@ -110,11 +110,43 @@ def test_random_batches_from_tensors_and_datasets():
             return [data[i] for i in indices]
 
     for source in (data, Items(), Batched()):
-        batch = next(random_batches(source, 6, torch.Generator().manual_seed(0)))
+        batch = next(RandomBatches(source, 6, torch.Generator().manual_seed(0)))
         assert batch.shape == (6, 1) and batch.dtype == torch.float32
         assert set(batch.flatten().tolist()) <= set(range(10))
     with pytest.raises(ValueError, match="data is empty"):
-        next(random_batches(torch.zeros(0, 2), 4, torch.Generator()))
+        next(RandomBatches(torch.zeros(0, 2), 4, torch.Generator()))
+    with pytest.raises(ValueError, match="batch_size"):
+        RandomBatches(data, 11, torch.Generator())
+
+
+def test_random_batches_draw_without_replacement_and_resume_the_same_stream():
+    """Each epoch is a permutation: a batch never repeats a row, ``batch_size = N`` is the whole
+    data every time, two epochs of 5 batches of 20 rows cover 100 rows twice each; a stream
+    restored from ``state_dict`` (with its generator's state) continues identically."""
+    from msvae.models.training import RandomBatches
+
+    data = torch.arange(100.0)[:, None]
+    whole = RandomBatches(data, 100, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        assert sorted(next(whole).flatten().tolist()) == list(range(100))
+    stream = RandomBatches(data, 20, torch.Generator().manual_seed(1))
+    rows = torch.cat([next(stream) for _ in range(10)]).flatten()
+    assert torch.equal(torch.bincount(rows.long(), minlength=100), torch.full((100,), 2))
+    assert not torch.equal(rows[:100], rows[100:])  # a fresh permutation each epoch
+    uneven = RandomBatches(data, 30, torch.Generator().manual_seed(2))  # 100 % 30: 10 rows left out
+    epoch = torch.cat([next(uneven) for _ in range(3)]).flatten()
+    assert len(set(epoch.tolist())) == 90
+    generator = torch.Generator().manual_seed(3)
+    stream = RandomBatches(data, 30, generator)
+    for _ in range(4):  # into the second epoch
+        next(stream)
+    state, generator_state = stream.state_dict(), generator.get_state()
+    expected = [next(stream) for _ in range(5)]
+    generator = torch.Generator()
+    generator.set_state(generator_state)
+    resumed = RandomBatches(data, 30, generator)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(expected, [next(resumed) for _ in range(5)]))
 
 
 def test_fit_trains_the_loss_parameters_and_the_factor_vae_discriminator():

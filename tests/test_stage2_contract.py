@@ -273,7 +273,7 @@ def test_after_fit_the_neighbour_table_holds_the_final_encoders_pairs_keyed_as_e
     m(x, x1(mu(x))))`` for fresh training images, from the final networks; a rerun of the
     completed fit refills it identically."""
     from msvae.models.stage2 import NeighbourCentre, encoder_input
-    from msvae.models.training import random_batches
+    from msvae.models.training import RandomBatches
 
     images = toy_images(40)
     models = []
@@ -290,7 +290,7 @@ def test_after_fit_the_neighbour_table_holds_the_final_encoders_pairs_keyed_as_e
     assert torch.equal(table.keys, again.keys) and torch.equal(table.values, again.values)
     model = models[0]
     torch.nn.init.normal_(model.stage2.encoder.head[-1].weight)  # codes that tell images apart
-    model.stage2.finish(model.stage1, random_batches(images, 8, torch.Generator().manual_seed(1)))
+    model.stage2.finish(model.stage1, RandomBatches(images, 8, torch.Generator().manual_seed(1)))
     with torch.no_grad():
         x1_mean = model.stage1_output(model.stage1.encode(images))[1]
         keys, m = table._key(x1_mean), model.stage2.encoder(encoder_input(images, x1_mean))[0]

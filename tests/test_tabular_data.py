@@ -73,6 +73,16 @@ def test_inverse_respects_range_sign_and_integers():
     assert transformer.inverse_transform(scores)["hours"].isna().mean() == pytest.approx(0.25)
 
 
+def test_soft_one_hot_scores_decode_to_their_largest_entry():
+    """A categorical block decodes by its largest score, not by rounding each entry (rounding
+    would send ``[.2, .9, .1]`` and ``[.1, .3, .8]`` to the first category)."""
+    df = pd.DataFrame({"city": ["a", "b", "c"] * 10})
+    transformer = TabularTransformer().fit(df)
+    assert transformer.num_features == 3
+    back = transformer.inverse_transform(np.array([[.2, .9, .1], [.1, .3, .8], [.6, .7, .65]]))
+    assert list(back["city"]) == ["b", "c", "b"]
+
+
 def test_bad_input_is_a_clear_error():
     df = mixed_frame(20)
     with pytest.raises(ValueError, match="df is empty"):

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (autocast, build_from_file, linear_warmup, random_batches,
+from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
                                    resolve_precision, save_checkpoint, train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -126,7 +126,7 @@ class DisentangledVAE(nn.Module):
                     "seed": seed, "loss": repr(loss_fn), "precision": precision}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        batches = random_batches(data, batch_size, generator, self.device)  # lazy: draws after a resume
+        batches = RandomBatches(data, batch_size, generator, self.device)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
@@ -147,7 +147,7 @@ class DisentangledVAE(nn.Module):
         self.train()
         train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage1.pt",
                         resume=resume, states={"model": self, "loss": loss_fn, "optimizer": optimizer,
-                                               "disc_optimizer": disc_optimizer},
+                                               "disc_optimizer": disc_optimizer, "batches": batches},
                         settings=settings, generator=generator, history=self.history, steps=steps,
                         time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,

@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import ConvEncoder, full_precision, reparameterize
-from msvae.models.training import (autocast, flush_denormals, kl_penalty, linear_warmup,
-                                   random_batches, resolve_precision, train_resumably)
+from msvae.models.training import (RandomBatches, autocast, flush_denormals, kl_penalty, linear_warmup,
+                                   resolve_precision, train_resumably)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 BOUNDS = ("elbo", "dequantized", "exact", None)
@@ -337,7 +337,7 @@ class SecondStage(nn.Module):
                     "precision": precision}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        batches = random_batches(data, batch_size, generator, self.device)
+        batches = RandomBatches(data, batch_size, generator, self.device)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
@@ -347,7 +347,7 @@ class SecondStage(nn.Module):
 
         self.train()
         train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
-                        resume=resume, states={"model": self, **optimizers},
+                        resume=resume, states={"model": self, **optimizers, "batches": batches},
                         settings=settings, generator=generator, history=self.history, steps=steps,
                         time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,

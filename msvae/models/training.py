@@ -18,30 +18,61 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def random_batches(data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
-                   device: torch.device | str = "cpu") -> Iterator[Tensor]:
-    """Endless batches ``[batch_size, ...]`` of items drawn uniformly with replacement (image
-    batches channels-last, ``image_layout``).
+class RandomBatches:
+    """Endless batches ``[batch_size, ...]`` of rows drawn without replacement: each epoch is a
+    fresh random permutation of the data (its seed drawn from ``generator``), cut into batches;
+    the last ``N % batch_size`` rows of a permutation are left out, so ``batch_size = N`` gives
+    the whole data every batch (the minibatch estimators assume distinct rows). Image batches are
+    channels-last (``image_layout``).
 
     ``data`` is a tensor ``[N, ...]`` or a map-style dataset; a dataset with ``__getitems__``
     (a list of indices -> the list of items, or one batch tensor) is asked for whole batches.
-    Items are stacked; items that are tuples contribute their first element.
+    Items are stacked; items that are tuples contribute their first element. ``state_dict`` /
+    ``load_state_dict`` hold the epoch's seed and the position in it, so a resumed run (with
+    ``generator``'s state restored too) continues the same stream.
     """
-    n = len(data)
-    if n == 0:
-        raise ValueError("data is empty")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    while True:
-        index = torch.randint(n, (batch_size,), generator=generator)
-        if isinstance(data, Tensor):
-            batch = data[index]
+
+    def __init__(self, data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
+                 device: torch.device | str = "cpu"):
+        if len(data) == 0:
+            raise ValueError("data is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size > len(data):
+            raise ValueError(f"batch_size ({batch_size}) must be at most the number of rows ({len(data)})")
+        self.data, self.batch_size, self.generator, self.device = data, batch_size, generator, device
+        self._seed: int | None = None
+        self._position = 0
+        self._order: Tensor | None = None
+
+    def __iter__(self) -> "RandomBatches":
+        return self
+
+    def _permute(self) -> None:
+        self._order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self._seed))
+
+    def __next__(self) -> Tensor:
+        if self._seed is None or self._position + self.batch_size > len(self.data):
+            self._seed, self._position = int(torch.randint(2**62, (), generator=self.generator)), 0
+            self._permute()
+        elif self._order is None:
+            self._permute()
+        index = self._order[self._position:self._position + self.batch_size]
+        self._position += self.batch_size
+        if isinstance(self.data, Tensor):
+            batch = self.data[index]
         else:
-            items = (data.__getitems__(index.tolist()) if hasattr(data, "__getitems__")
-                     else [data[i] for i in index.tolist()])
+            items = (self.data.__getitems__(index.tolist()) if hasattr(self.data, "__getitems__")
+                     else [self.data[i] for i in index.tolist()])
             batch = items if isinstance(items, Tensor) else torch.stack(
                 [torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item) for item in items])
-        yield image_layout(batch.to(device, non_blocking=True).float())
+        return image_layout(batch.to(self.device, non_blocking=True).float())
+
+    def state_dict(self) -> dict:
+        return {"seed": self._seed, "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seed, self._position, self._order = state["seed"], state["position"], None
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -181,6 +212,10 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
             raise ValueError(f"{path} was written with other settings ({', '.join(changed)}): "
                              f"{ {k: state['settings'].get(k) for k in changed} }; use another "
                              f"checkpoint_dir or resume=False")
+        missing = [name for name, obj in states.items() if obj is not None and name not in state]
+        if missing:
+            raise ValueError(f"{path} was written by another version of msvae (it holds no "
+                             f"{', '.join(missing)}); use another checkpoint_dir or resume=False")
         for name, obj in states.items():
             if obj is not None:
                 obj.load_state_dict(state[name])

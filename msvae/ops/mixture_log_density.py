@@ -30,9 +30,11 @@ def mixture_weights(weights: str, num_queries: int, batch_size: int,
     """The log-weights of a scheme as ``(scheme, base, diag, next)`` (see ``reference.log_weight_matrix``).
 
     - ``"mws"``: minibatch weighted sampling, ``lw = -log(B N)``.
-    - ``"mss"``: minibatch stratified sampling (queries are the batch, ``Q == B``), ``M = B - 1``:
-      ``1/N`` on the diagonal, ``(N - M) / (N M)`` at ``(i, (i + 1) mod B)``, ``1/M`` elsewhere,
-      so every row sums to 1. With ``B == 1`` the single weight is 1.
+    - ``"mss"``: minibatch stratified sampling (the queries are the batch's first ``Q <= B`` rows:
+      ``Q == B`` in one process; a rank's own rows of the global batch, rotated to the front, under
+      ``torch.distributed``), ``M = B - 1``: ``1/N`` on the diagonal, ``(N - M) / (N M)`` at
+      ``(i, (i + 1) mod B)``, ``1/M`` elsewhere, so every row sums to 1. With ``B == 1`` the
+      single weight is 1.
     - ``"uniform"``: ``lw = -log B`` (queries drawn independently of the batch, e.g. from the prior).
     """
     if weights not in WEIGHT_SCHEMES:
@@ -49,9 +51,9 @@ def mixture_weights(weights: str, num_queries: int, batch_size: int,
         raise ValueError(f"dataset_size must be >= the batch size B={B}, got {N}")
     if weights == "mws":
         return _SCHEME_CONSTANT, -math.log(B * N), 0.0, 0.0
-    if num_queries != B:
-        raise ValueError(f"weights='mss' needs the queries to be the batch (x and mu with the same "
-                         f"number of rows), got Q={num_queries} and B={B}")
+    if num_queries > B:
+        raise ValueError(f"weights='mss' needs the queries to be rows of the batch (x with at most "
+                         f"as many rows as mu), got Q={num_queries} and B={B}")
     if B == 1:
         return _SCHEME_STRATIFIED, 0.0, 0.0, 0.0
     M = B - 1

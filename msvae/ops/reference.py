@@ -15,7 +15,7 @@ def log_weight_matrix(scheme: int, lw_base: float, lw_diag: float, lw_next: floa
                       Q: int, B: int, dtype, device) -> torch.Tensor:
     """The [Q, B] log-weights `lw(i, j)` of a weighting scheme (see `msvae.ops.mixture_weights`).
 
-    scheme 0: every entry `lw_base`; scheme 1 (MSS, Q == B): `lw_diag` on the diagonal,
+    scheme 0: every entry `lw_base`; scheme 1 (MSS, Q <= B): `lw_diag` on the diagonal,
     `lw_next` at `(i, (i + 1) mod B)`, `lw_base` elsewhere (the diagonal wins when B == 1).
     """
     lw = torch.full((Q, B), lw_base, dtype=dtype, device=device)
