@@ -29,7 +29,7 @@ from msvae.evaluation import (disentanglement_report, dsprites_factor_classifier
                               save_stage1_figures, traversal_report, w_leak_report)
 from msvae.losses import BetaTCVAELoss
 from msvae.models import DisentangledVAE, MultiStageModel
-from msvae.models.training import PRECISIONS, flush_denormals, resolve_precision
+from msvae.models.training import PRECISIONS, flush_denormals, keep_freed_memory, resolve_precision
 
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # ``msvae fit`` presets; any option given on the command line overrides its preset's value.
@@ -499,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # no page faults on every step's buffers (see training.keep_freed_memory)
     with flush_denormals():  # training and evaluation (see training.flush_denormals)
         args.func(args)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import pickle
@@ -166,6 +167,23 @@ def flush_denormals():
         yield
     finally:
         torch.set_flush_denormal(previous)
+
+
+def keep_freed_memory() -> bool:
+    """Has glibc's allocator keep freed blocks below 1 GiB for reuse instead of handing them
+    back to the OS (``mallopt``: mmap threshold 1 GiB, no trimming); returns whether it could
+    (False off glibc). A training step frees and reallocates the same activation buffers
+    (MBs each); by default glibc maps the large ones afresh each time, and every page of them
+    faults in again: the quick preset took 40 million page faults and 93 s of system time, a
+    stage-1 step in ``fit`` 121 ms instead of 95 ms on this project's VM. Process-wide, so
+    the CLI sets it for its own process; call it in yours to have the same."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD of malloc.h
+    return bool(mallopt(mmap_threshold, 1 << 30)) and bool(mallopt(trim_threshold, 2**31 - 1))
 
 
 def image_layout(x: Tensor) -> Tensor:
