@@ -339,29 +339,38 @@ class DIPVAELoss(nn.Module):
 
 # ---- the alpha/beta decomposition objective -------------------------------------------------
 
-DIVERGENCES = ("inclusive_kl", "mmd")
+DIVERGENCES = ("inclusive_kl", "mmd_dim", "mmd_joint")
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def imq_mmd(a: Tensor, b: Tensor, scales: tuple[float, ...] = IMQ_SCALES) -> Tensor:
-    """Unbiased squared MMD between samples ``a [n, D]`` and ``b [m, D]`` (n, m >= 2), computed per
-    dimension and summed over dimensions, with the inverse-multiquadric kernel
-    ``k(s, t) = sum_{c in scales} c / (c + (s - t)^2)`` on scalars:
+def imq_mmd(a: Tensor, b: Tensor, scales: tuple[float, ...] = IMQ_SCALES, joint: bool = False) -> Tensor:
+    """Unbiased squared MMD between samples ``a [n, D]`` and ``b [m, D]`` (n, m >= 2) with a
+    multi-scale inverse-multiquadric kernel ``k = sum_{c in scales} C_c / (C_c + dist^2)``:
 
-        sum_d [ sum_{i!=j} k(a_id, a_jd) / (n(n-1)) + sum_{i!=j} k(b_id, b_jd) / (m(m-1))
-                - 2 sum_{i,j} k(a_id, b_jd) / (nm) ]
+        E_{i!=j} k(a_i, a_j) + E_{i!=j} k(b_i, b_j) - 2 E_{i,j} k(a_i, b_j)
+
+    - ``joint=False`` (Mathieu et al.'s ``mmd_dim``): on scalars, one dimension at a time, summed
+      over dimensions, ``C_c = 2 c`` (their constant). It compares the *marginals* only: a ``q``
+      with the prior's marginals and any dependence between dimensions scores ~0. For factorised
+      priors where matching each dimension is the aim (e.g. sparsity, as they use it).
+    - ``joint=True``: on vectors, ``dist^2 = |s - t|^2``, ``C_c = 2 D c`` (the IMQ constant of
+      Tolstikhin et al.'s WAE, ``2 D sigma^2``, for a unit-scale prior): compares the *joint*
+      distributions, so it sees correlation and clusters (mixture priors).
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be [n, D] and [m, D], got {tuple(a.shape)} and {tuple(b.shape)}")
     n, m = a.shape[0], b.shape[0]
     if n < 2 or m < 2:
         raise ValueError(f"the unbiased MMD needs at least 2 samples on each side, got {n} and {m}")
+    width = 2.0 * (a.shape[1] if joint else 1)
 
-    def kernel_sum(s: Tensor, t: Tensor) -> Tensor:  # sum over pairs, per dimension: [D]
+    def kernel_sum(s: Tensor, t: Tensor) -> Tensor:  # sum over pairs (per dimension unless joint)
         sq = (s[:, None, :] - t[None, :, :]) ** 2
-        return sum(c / (c + sq) for c in scales).sum((0, 1))
+        if joint:
+            sq = sq.sum(-1)
+        return sum(width * c / (width * c + sq) for c in scales).sum((0, 1))
 
-    diagonal = len(scales)  # k(s, s): each scale contributes c / c = 1
+    diagonal = len(scales)  # k(s, s): each scale contributes C / C = 1
     within_a = (kernel_sum(a, a) - n * diagonal) / (n * (n - 1))
     within_b = (kernel_sum(b, b) - m * diagonal) / (m * (m - 1))
     return (within_a + within_b - 2 * kernel_sum(a, b) / (n * m)).sum()
@@ -388,13 +397,19 @@ def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tenso
 
     - ``"inclusive_kl"``: KL(p(z) || q(z)) ~ mean(log p(z_p) - log q(z_p)) with
       ``log q(z_p) = log (1/B) sum_j q(z_p | x_j)`` (``mixture_log_density``, uniform weights);
-    - ``"mmd"``: ``imq_mmd(z, z_p)``, the per-dimension IMQ kernel MMD.
+    - ``"mmd_dim"``: ``imq_mmd(z, z_p)``, the per-dimension IMQ kernel MMD (marginals only);
+    - ``"mmd_joint"``: ``imq_mmd(z, z_p, joint=True)``, on whole codes (sees dependence, clusters).
 
     The divergence (term ``"divergence"``) is estimated only when ``alpha > 0``. Prior draws come
-    from ``rsample`` where the prior has one; otherwise they are constants and the divergence passes
-    no gradient to the prior's parameters through them. With ``process_group`` each rank draws
-    its ``num_prior_samples`` and ``q(z)`` is the global batch's mixture (``"inclusive_kl"``:
-    this rank's draws are the queries; ``"mmd"``: every rank's codes and draws are gathered).
+    from ``rsample`` where the prior has one (pathwise gradients to its parameters). Otherwise
+    (mixtures, spike-and-slab) the draws are constants, and for ``"inclusive_kl"`` the gradient
+    to the prior's parameters is the score-function term ``E_p[(log p - log q) grad log p]``
+    (leave-one-out baseline; its value is 0, so the reported divergence is unchanged), without
+    which the only gradient would be ``E_p[grad log p] = 0``; for the MMDs no gradient reaches
+    such a prior's parameters through ``D`` (a documented choice: the KL term still trains them).
+    With ``process_group`` each rank draws its ``num_prior_samples`` and ``q(z)`` is the global
+    batch's (``"inclusive_kl"``: this rank's draws are the queries; the MMDs: every rank's codes
+    and draws are gathered).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
@@ -418,9 +433,15 @@ def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tenso
             components_mu, components_logvar = _global_posteriors(mu, logvar, process_group)
             log_qz, _ = mixture_log_density(z_prior, components_mu, components_logvar,
                                             weights="uniform", backend=backend)
-            div = (prior.log_prob(z_prior) - log_qz).mean()
+            log_pz = prior.log_prob(z_prior)
+            gap = log_pz - log_qz
+            div = gap.mean()
+            if not prior.has_rsample and num > 1:  # score-function term (value 0, see above)
+                baseline = (gap.sum() - gap) / (num - 1)
+                div = div + ((gap - baseline).detach() * (log_pz - log_pz.detach())).mean()
         else:
-            div = imq_mmd(gather_rows(z, process_group), gather_rows(z_prior, process_group))
+            div = imq_mmd(gather_rows(z, process_group), gather_rows(z_prior, process_group),
+                          joint=divergence == "mmd_joint")
         terms["loss"] = loss = loss + alpha * div
         terms["divergence"] = div
     return loss, {name: value.detach() for name, value in terms.items()}

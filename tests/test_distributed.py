@@ -18,7 +18,7 @@ LOSSES = {
     "dip_i": lambda group: DIPVAELoss("i", process_group=group),
     "dip_ii": lambda group: DIPVAELoss("ii", lambda_od=3.0, process_group=group),
     "decomposition_kl": lambda group: DecompositionLoss(ReplayPrior(), beta=2.0, alpha=1.5, process_group=group),
-    "decomposition_mmd": lambda group: DecompositionLoss(ReplayPrior(), alpha=4.0, divergence="mmd",
+    "decomposition_mmd": lambda group: DecompositionLoss(ReplayPrior(), alpha=4.0, divergence="mmd_dim",
                                                          process_group=group),
 }
 

@@ -174,3 +174,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     model.fit(data, steps=2, batch_size=8, lr=1e-3, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):
         model.fit(data, steps=4, batch_size=8, lr=5e-4, progress=False, checkpoint_dir=tmp_path)
+
+
+def test_a_new_image_encoder_starts_with_a_narrow_posterior():
+    """``ConvEncoder`` starts at ``logvar ~ INITIAL_LOGVAR`` (its bias; the weights add a little),
+    so the first codes carry the encoder's mean rather than prior noise."""
+    from msvae.models.networks import INITIAL_LOGVAR, ConvEncoder
+
+    torch.manual_seed(0)
+    mu, logvar = ConvEncoder(latent_dim=6)(torch.rand(32, 1, 64, 64).round())
+    assert INITIAL_LOGVAR == -4.0
+    assert (logvar - INITIAL_LOGVAR).abs().max() < 0.5 and mu.abs().max() < 0.5
