@@ -176,12 +176,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         model.fit(data, steps=4, batch_size=8, lr=5e-4, progress=False, checkpoint_dir=tmp_path)
 
 
-def test_a_new_image_encoder_starts_with_a_narrow_posterior():
-    """``ConvEncoder`` starts at ``logvar ~ INITIAL_LOGVAR`` (its bias; the weights add a little),
-    so the first codes carry the encoder's mean rather than prior noise."""
-    from msvae.models.networks import INITIAL_LOGVAR, ConvEncoder
 
-    torch.manual_seed(0)
-    mu, logvar = ConvEncoder(latent_dim=6)(torch.rand(32, 1, 64, 64).round())
-    assert INITIAL_LOGVAR == -4.0
-    assert (logvar - INITIAL_LOGVAR).abs().max() < 0.5 and mu.abs().max() < 0.5
+def test_random_batches_with_replacement_are_independent_draws_from_the_generator():
+    """``replacement=True`` (the image fits' default): each batch is ``torch.randint`` on the
+    generator, the stream every image preset was trained on."""
+    from msvae.models.training import RandomBatches
+
+    data = torch.arange(50.0)[:, None]
+    stream = RandomBatches(data, 64, torch.Generator().manual_seed(4), replacement=True)  # B > N is fine
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        assert torch.equal(next(stream), data[torch.randint(50, (64,), generator=generator)])

@@ -21,18 +21,10 @@ def _check_image(x: Tensor, channels: int, name: str = "x") -> None:
         raise ValueError(f"{name} must have shape [B, {channels}, 64, 64], got {tuple(x.shape)}")
 
 
-INITIAL_LOGVAR = -4.0  # a new ConvEncoder's posterior log-variance (std e^-2 = 0.14)
-
-
 class ConvEncoder(nn.Module):
     """Burgess et al. (2018) encoder: 4 stride-2 4x4 convolutions, two dense layers, then ``(mu, logvar)``.
 
-    x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``. The posterior starts narrow
-    (``INITIAL_LOGVAR``), so ``z`` carries the encoder's mean from the first step and the decoder
-    learns to use it before the warmed-up penalty widens it: from torch's default (std ~1, ``z``
-    mostly noise) stage 1 of the quick preset stayed on the mean-image plateau (recon ~565 nats,
-    KL ~0.1) for all 1,000-1,300 steps tried with seeds 0 and 1 (seed 2 left it by step 600);
-    with it, seeds 0 and 1 were at 116 nats by step 600.
+    x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``.
     """
 
     def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256):
@@ -45,7 +37,6 @@ class ConvEncoder(nn.Module):
         self.features = nn.Sequential(*convs, nn.Flatten())  # [B, width * 4 * 4]
         self.head = nn.Sequential(nn.Linear(width * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                   nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
-        nn.init.constant_(self.head[-1].bias[latent_dim:], INITIAL_LOGVAR)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_image(x, self.channels)

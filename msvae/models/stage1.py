@@ -92,8 +92,10 @@ class DisentangledVAE(nn.Module):
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True,
-            seed: int = 0, time_limit: float | None = None, precision: str = "fp32") -> list[dict]:
-        """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset).
+            seed: int = 0, time_limit: float | None = None, precision: str = "fp32",
+            replacement: bool = True) -> list[dict]:
+        """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset;
+        ``training.RandomBatches``, drawn with ``replacement`` or, for small tables, without).
 
         ``loss`` defaults to ``BetaTCVAELoss(dataset_size=len(data))``; it is moved to the model's
         device and its own parameters (a learned prior, say) are trained with the model's. A loss
@@ -123,10 +125,10 @@ class DisentangledVAE(nn.Module):
         precision = resolve_precision(precision, self.device)
         self.to(memory_format=torch.channels_last)
         settings = {"lr": lr, "batch_size": batch_size, "penalty_warmup": penalty_warmup,
-                    "seed": seed, "loss": repr(loss_fn), "precision": precision}
+                    "seed": seed, "loss": repr(loss_fn), "precision": precision, "replacement": replacement}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        batches = RandomBatches(data, batch_size, generator, self.device)
+        batches = RandomBatches(data, batch_size, generator, self.device, replacement)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)

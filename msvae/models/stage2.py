@@ -319,8 +319,9 @@ class SecondStage(nn.Module):
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True, seed: int = 0,
-            time_limit: float | None = None, precision: str = "fp32") -> list[dict]:
-        """Trains this stage on random batches of ``data`` with ``stage1`` (a ``DisentangledVAE``)
+            time_limit: float | None = None, precision: str = "fp32", replacement: bool = True) -> list[dict]:
+        """Trains this stage on random batches of ``data`` (``replacement`` as in
+        ``DisentangledVAE.fit``) with ``stage1`` (a ``DisentangledVAE``)
         frozen: ``x1`` is its decoder output at ``z ~ q(z | x)``, drawn afresh for every row at
         every step (``sampled_stage1_output``), as the model is sampled. Checkpoints to
         ``stage2.pt`` in ``checkpoint_dir`` and resumes from it as ``DisentangledVAE.fit`` does.
@@ -334,10 +335,10 @@ class SecondStage(nn.Module):
             network.to(memory_format=torch.channels_last)
         optimizers = self.optimizers(lr)
         settings = {"lr": lr, "batch_size": batch_size, "seed": seed, "config": repr(self.config),
-                    "precision": precision}
+                    "precision": precision, "replacement": replacement}
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        batches = RandomBatches(data, batch_size, generator, self.device)
+        batches = RandomBatches(data, batch_size, generator, self.device, replacement)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)

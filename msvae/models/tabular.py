@@ -321,7 +321,8 @@ class TabularSynthesizer:
         loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=o["beta"],
                              gamma=o["gamma"], recon=self.likelihood)
         common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
-                      log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir)
+                      log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir,
+                      replacement=False)  # distinct rows: a small table's batch is all of it
         self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch, **common)
         if isinstance(self.stage2, TabularVAEStage2):  # start from stage 1's learned scales
             self.stage2.likelihood.load_state_dict(self.likelihood.state_dict())
