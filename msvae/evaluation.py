@@ -18,6 +18,7 @@ from msvae import metrics
 from msvae.losses import gaussian_kl
 from msvae.models.multistage import sweep
 from msvae.models.stage2 import log_likelihood, sampled_stage1_output
+from msvae.models.training import resolve_precision
 from msvae.plotting import save_grid
 
 
@@ -265,10 +266,9 @@ def dsprites_factor_classifier(dataset, train_indices: np.ndarray, test_indices:
     trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
     ``training.resolve_precision``) and cached; returns it and its accuracy per factor on 2,000 of
     ``test_indices``."""
-    from msvae.models.training import resolve_precision
+    from msvae.models.factor_classifier import cached_factor_classifier, train_factor_classifier
 
     precision = resolve_precision(precision, "cpu")
-    from msvae.models.factor_classifier import cached_factor_classifier, train_factor_classifier
 
     test = np.random.default_rng(seed).choice(test_indices, min(2000, len(test_indices)), replace=False)
     settings = {"dataset": "dsprites" if dataset.path is None else f"dsprites:{dataset.path}",

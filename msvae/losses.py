@@ -259,10 +259,9 @@ class FactorVAELoss(nn.Module):
         if size == 1:
             permuted = permute_dims(source.detach())
         else:
-            every = gather_rows(source.detach(), self.process_group)
-            order = torch.rand(every.shape, device=every.device).argsort(0)
-            dist.broadcast(order, dist.get_global_rank(self.process_group, 0), group=self.process_group)
-            permuted = every.gather(0, order).chunk(size)[rank]
+            permuted = permute_dims(gather_rows(source.detach(), self.process_group))
+            dist.broadcast(permuted, dist.get_global_rank(self.process_group, 0), group=self.process_group)
+            permuted = permuted.chunk(size)[rank]
         real = _discriminator_logits(self.discriminator, z.detach(), track_parameters=True)
         fake = _discriminator_logits(self.discriminator, permuted, track_parameters=True)
         return 0.5 * (F.cross_entropy(real, real.new_zeros(len(real), dtype=torch.long))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from msvae.models.training import (autocast, flush_denormals, image_layout, load_checkpoint, run_steps,
                                    save_checkpoint)
 
@@ -82,7 +83,7 @@ def train_factor_classifier(render: Callable[[np.ndarray], Tensor], classes_of: 
         def step(_: int) -> dict[str, float]:
             pick = train_indices[torch.randint(len(train_indices), (batch_size,), generator=generator).numpy()]
             labels = torch.as_tensor(classes_of(pick))
-            with autocast("cpu", precision), flush_denormals():
+            with autocast("cpu", precision):
                 logits = model(image_layout(render(pick)))
             loss = sum(F.cross_entropy(l.float(), labels[:, k]) for k, l in enumerate(logits))
             optimizer.zero_grad(set_to_none=True)
@@ -91,7 +92,8 @@ def train_factor_classifier(render: Callable[[np.ndarray], Tensor], classes_of: 
             schedule.step()
             return {"loss": loss.item()}
 
-        run_steps(step, start=0, steps=steps, history=[], progress=progress, desc="factor classifier")
+        with flush_denormals():
+            run_steps(step, start=0, steps=steps, history=[], progress=progress, desc="factor classifier")
     model.eval()
     _, predicted = model.embed(render(test_indices))
     accuracy = (predicted == classes_of(test_indices)).mean(0).tolist()

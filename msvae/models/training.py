@@ -64,8 +64,6 @@ class RandomBatches:
         if self._seed is None or self._position + self.batch_size > len(self.data):
             self._seed, self._position = int(torch.randint(2**62, (), generator=self.generator)), 0
             self._permute()
-        elif self._order is None:
-            self._permute()
         index = self._order[self._position:self._position + self.batch_size]
         self._position += self.batch_size
         return self._batch(index)
@@ -84,7 +82,9 @@ class RandomBatches:
         return {"seed": self._seed, "position": self._position}
 
     def load_state_dict(self, state: dict) -> None:
-        self._seed, self._position, self._order = state["seed"], state["position"], None
+        self._seed, self._position = state["seed"], state["position"]
+        if self._seed is not None:
+            self._permute()
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
