@@ -15,15 +15,19 @@ same ``--out`` resumes from them), the trained ``model.pt``, ``history.json``, `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Subset
 
 from msvae.data import DSprites
+from msvae.distributed import broadcast_object, rank_and_size
 from msvae.evaluation import (disentanglement_report, dsprites_factor_classifier, encode_images,
                               reconstruction_summary, sample_report, save_multistage_figures,
                               save_stage1_figures, traversal_report, w_leak_report)
@@ -141,6 +145,44 @@ def _train_seconds(histories) -> float:
     return sum(h[-1].get("seconds", 0.0) for h in histories if h)
 
 
+@contextlib.contextmanager
+def _processes(device: str):
+    """The process group of a ``torchrun`` launch (``WORLD_SIZE`` > 1; NCCL for CUDA, gloo on the
+    CPU; each process on its ``LOCAL_RANK``'s GPU), destroyed at the end; None for one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield None
+        return
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def _first_rank(group, action):
+    """``action()`` on the group's first rank alone; a ``SystemExit`` there (a refused setting)
+    ends every rank with the same message instead of leaving them waiting."""
+    message = None
+    if rank_and_size(group)[0] == 0:
+        try:
+            action()
+        except SystemExit as error:
+            message = str(error)
+    message = broadcast_object(message, group)
+    if message is not None:
+        raise SystemExit(message)
+
+
+def _process_device(config: dict, group) -> str:
+    """This process's device: under torchrun with CUDA, the GPU of its ``LOCAL_RANK``."""
+    if group is not None and torch.device(config["device"]).type == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    return config["device"]
+
+
 def _read_config(run: Path) -> dict:
     path = run / "config.json"
     if not path.exists():
@@ -206,9 +248,9 @@ def stage2_options(config: dict, kind: str | None = None) -> dict:
             "mog": dict(components=config["components"])}[kind]
 
 
-def _stage1_loss(config: dict, dataset_size: int) -> BetaTCVAELoss:
+def _stage1_loss(config: dict, dataset_size: int, group=None) -> BetaTCVAELoss:
     return BetaTCVAELoss(dataset_size=dataset_size, alpha=config["alpha"], beta=config["beta"],
-                         gamma=config["gamma"], estimator=config["estimator"])
+                         gamma=config["gamma"], estimator=config["estimator"], process_group=group)
 
 
 def _minutes(value: float | None) -> float | None:
@@ -216,19 +258,27 @@ def _minutes(value: float | None) -> float | None:
 
 
 def stage1(args: argparse.Namespace) -> dict:
-    """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics."""
-    out = _out_folder(Path(args.out))
+    """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics (on the first
+    process of a torchrun launch; {} on the others)."""
     config = {k: v for k, v in vars(args).items() if k != "func"}
-    config["precision"] = resolve_precision(config["precision"], config["device"])
-    _record_config(out, config)
-    torch.set_num_threads(args.threads)
-    dataset, train_idx, test_idx, eval_idx = _data(config)
-    torch.manual_seed(args.seed)
-    model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(args.device)
-    model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx)),
-              steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
-              checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-              seed=args.seed, time_limit=_minutes(args.minutes), precision=config["precision"])
+    with _processes(config["device"]) as group:
+        rank, ranks = rank_and_size(group)
+        if ranks > 1:
+            config["processes"] = ranks
+        out = Path(args.out)
+        config["precision"] = resolve_precision(config["precision"], config["device"])
+        _first_rank(group, lambda: _record_config(_out_folder(out), config))
+        torch.set_num_threads(args.threads)
+        dataset, train_idx, test_idx, eval_idx = _data(config)
+        torch.manual_seed(args.seed)
+        model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(_process_device(config, group))
+        model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx), group),
+                  steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
+                  checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+                  seed=args.seed, time_limit=_minutes(args.minutes), precision=config["precision"],
+                  process_group=group)
+    if rank != 0:
+        return {}
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, args.seed),
@@ -241,25 +291,33 @@ def stage1(args: argparse.Namespace) -> dict:
 
 
 def fit(args: argparse.Namespace) -> dict:
-    """Fits both stages on dSprites from a preset, evaluates on held-out images, draws figures."""
+    """Fits both stages on dSprites from a preset, evaluates on held-out images, draws figures.
+    Under ``torchrun`` every process trains its share of each global batch (``--batch-size``)
+    and the first alone writes the run folder and evaluates (the others return {})."""
     config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
                                           if v is not None and k != "func"}}
-    out = _out_folder(Path(config["out"]))
-    config["precision"] = resolve_precision(config["precision"], config["device"])
-    _record_config(out, config)
-    torch.set_num_threads(config["threads"])
-    dataset, train_idx, test_idx, eval_idx = _data(config)
-    torch.manual_seed(config["seed"])  # the model's initial weights
-    model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
-                                       **stage2_options(config)).to(config["device"])
-    model.fit(Subset(dataset, train_idx.tolist()),
-              stage1_loss=_stage1_loss(config, len(train_idx)), stage1_steps=config["stage1_steps"],
-              stage2_steps=config["stage2_steps"], stage1_lr=config["lr"],
-              stage2_lr=config["stage2_lr"], batch_size=config["batch_size"],
-              penalty_warmup=config["warmup"], stage1_time_limit=_minutes(config["stage1_minutes"]),
-              stage2_time_limit=_minutes(config["stage2_minutes"]), checkpoint_dir=out,
-              checkpoint_every=config["checkpoint_every"], progress=not config["quiet"],
-              seed=config["seed"], precision=config["precision"])
+    with _processes(config["device"]) as group:
+        rank, ranks = rank_and_size(group)
+        if ranks > 1:  # the noise of each process is its own: another count trains another model
+            config["processes"] = ranks
+        out = Path(config["out"])
+        config["precision"] = resolve_precision(config["precision"], config["device"])
+        _first_rank(group, lambda: _record_config(_out_folder(out), config))
+        torch.set_num_threads(config["threads"])
+        dataset, train_idx, test_idx, eval_idx = _data(config)
+        torch.manual_seed(config["seed"])  # the model's initial weights
+        model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
+                                           **stage2_options(config)).to(_process_device(config, group))
+        model.fit(Subset(dataset, train_idx.tolist()),
+                  stage1_loss=_stage1_loss(config, len(train_idx), group), stage1_steps=config["stage1_steps"],
+                  stage2_steps=config["stage2_steps"], stage1_lr=config["lr"],
+                  stage2_lr=config["stage2_lr"], batch_size=config["batch_size"],
+                  penalty_warmup=config["warmup"], stage1_time_limit=_minutes(config["stage1_minutes"]),
+                  stage2_time_limit=_minutes(config["stage2_minutes"]), checkpoint_dir=out,
+                  checkpoint_every=config["checkpoint_every"], progress=not config["quiet"],
+                  seed=config["seed"], precision=config["precision"], process_group=group)
+    if rank != 0:
+        return {}
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
@@ -371,7 +429,8 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--beta", type=NONNEGATIVE, default=d(6.0), help="beta-TCVAE weight of the total correlation")
     parser.add_argument("--gamma", type=NONNEGATIVE, default=d(1.0), help="beta-TCVAE weight of the dimension-wise KL")
     parser.add_argument("--estimator", choices=["mss", "mws"], default=d("mss"))
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=d(64))
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=d(64),
+                        help="the global batch (under torchrun split over the processes)")
     parser.add_argument("--lr", type=POSITIVE, default=d(5e-4), help="stage-1 learning rate")
     parser.add_argument("--warmup", type=_number(0, strict=False, integer=True), default=d(0),
                         help="steps of linear warm-up of the stage-1 penalty")

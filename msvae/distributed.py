@@ -60,3 +60,80 @@ def gather_rows(rows: Tensor, group) -> Tensor:
     if len(set(counts)) != 1:
         raise ValueError(f"every rank must hold the same number of rows, got {counts}")
     return _GatherRows.apply(rows, group)
+
+
+def process_seed(seed: int, group) -> int:
+    """The seed of this rank's own randomness (sampling noise): ``seed`` on the first rank (so one
+    process is unchanged), a distinct one on each other rank."""
+    return seed + 1_000_003 * rank_and_size(group)[0]
+
+
+@torch.no_grad()
+def all_rows(rows: Tensor, group) -> Tensor:
+    """``gather_rows`` without gradients: every rank's rows ``[R B, ...]`` (for state estimated
+    from the global batch, e.g. ``NeighbourCentre``'s table); ``rows`` for ``group=None``."""
+    return gather_rows(rows.detach(), group)
+
+
+def average_gradients(parameters, group) -> list:
+    """Data parallelism for any training step: each parameter's gradient is averaged over the
+    ranks of ``group`` as soon as backward has accumulated it (before clipping or an optimiser
+    step sees it), so every rank steps with the gradient of the mean of the ranks' losses — with
+    ``gather_rows`` in the estimators, the gradient of the one-process loss on the global batch.
+    Unlike DistributedDataParallel it needs no wrapper around ``forward`` (stage 2 trains through
+    methods of several networks, a GAN through two players). Averaging is linear, so several
+    backward passes before one step (a GAN's players) still give the average. Returns the hook
+    handles (``handle.remove()`` ends it); nothing for ``group=None`` or one rank."""
+    rank, size = rank_and_size(group)
+    if size == 1:
+        return []
+
+    def hook(parameter: Tensor) -> None:
+        _collective_in_place(parameter.grad, lambda t: dist.all_reduce(t, group=group))
+        parameter.grad.div_(size)
+
+    return [p.register_post_accumulate_grad_hook(hook) for p in parameters if p.requires_grad]
+
+
+@torch.no_grad()
+def broadcast_state(module: torch.nn.Module, group) -> None:
+    """Copies the group's first rank's parameters and buffers into every rank's ``module`` (at
+    the start of training, and after the first step, where layers initialised from the first
+    batch — a flow's activation normalisation — saw each rank's own shard)."""
+    rank, size = rank_and_size(group)
+    if size == 1:
+        return
+    source = dist.get_global_rank(group, 0)
+    for tensor in [*module.parameters(), *module.buffers()]:
+        _collective_in_place(tensor.data, lambda t: dist.broadcast(t, source, group=group))
+
+
+def _collective_in_place(tensor: Tensor, collective) -> None:
+    """``collective(tensor)`` in place, through a contiguous copy where the tensor is not
+    contiguous (channels-last convolution weights and their gradients)."""
+    if tensor.is_contiguous():
+        collective(tensor)
+    else:
+        flat = tensor.contiguous()
+        collective(flat)
+        tensor.copy_(flat)
+
+
+def broadcast_object(value, group):
+    """The group's first rank's ``value`` on every rank (``value`` of the others is ignored)."""
+    rank, size = rank_and_size(group)
+    if size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, dist.get_global_rank(group, 0), group=group)
+    return box[0]
+
+
+def gather_objects(value, group) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank of ``group``."""
+    rank, size = rank_and_size(group)
+    if size == 1:
+        return [value]
+    values = [None] * size
+    dist.all_gather_object(values, value, group=group)
+    return values

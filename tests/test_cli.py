@@ -231,3 +231,83 @@ def test_compare_stage2_runs_every_class_on_one_stage1(tmp_path, capsys):
     assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
     for kind in ("vae", "flow", "gan", "mog"):
         assert (out / kind / "model.pt").exists() and (out / kind / "metrics.json").exists()
+
+
+def _torchrun(args, **popen):
+    """``torchrun --standalone --nproc_per_node 2 -m msvae.cli ARGS`` as a subprocess."""
+    import os
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", "-m", "msvae.cli", *args],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def _kill_all(launcher, out):
+    """kill -9 of torchrun and of its workers (each in a session of its own: torchrun's doing),
+    found by their command lines naming ``out``; returns when all are gone."""
+    import os
+    import signal
+    import time
+    pids = {launcher.pid}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(out).encode() in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launcher.wait()
+    while any(_alive(pid) for pid in pids - {launcher.pid}):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (exists and is not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_fit_under_torchrun_resumes_after_a_kill_and_evaluates(tmp_path):
+    """Two processes (gloo): killed -9 in stage 1, rerun, finished, evaluated; a rerun with
+    another number of processes is refused."""
+    import time
+
+    from msvae.models.training import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["fit", "--out", str(out), "--preset", "quick", *FIT[4:]]
+    args[args.index("--checkpoint-every") + 1] = "10"
+    args += ["--stage1-steps", "400", "--stage2-steps", "3"]
+    first = _torchrun(args)
+    deadline = time.monotonic() + 300
+    while True:
+        state = load_checkpoint(out / "stage1.pt") if (out / "stage1.pt").exists() else None
+        if state is not None and state["step"] >= 20:
+            _kill_all(first, out)
+            break
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()
+        time.sleep(0.05)
+    killed_at = state["step"]
+    assert 20 <= killed_at < 400 and not (out / "model.pt").exists()
+    second = _torchrun(args)
+    assert second.wait(timeout=600) == 0, second.stderr.read().decode()
+    config = json.loads((out / "config.json").read_text())
+    assert config["processes"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == {"stage1": 400, "stage2": 3}
+    history = json.loads((out / "history.json").read_text())
+    steps = [h["step"] for h in history["stage1"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 400  # one log across the kill
+    assert len(load_checkpoint(out / "stage1.pt")["ranks_rng"]) == 2
+    main(["eval", str(out), "--eval-size", "40"])
+    assert json.loads((out / "eval" / "metrics.json").read_text())["held_out_images"] == 40
+    with pytest.raises(SystemExit, match="processes"):  # one process would train another model
+        main(args)

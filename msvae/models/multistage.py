@@ -70,15 +70,18 @@ class MultiStageModel(nn.Module):
             stage2_time_limit: float | None = None, checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 1000,
             checkpoint_seconds: float = 60.0, resume: bool = True, log_every: int = 50,
-            progress: bool = True, seed: int = 0, precision: str = "fp32") -> dict[str, list[dict]]:
+            progress: bool = True, seed: int = 0, precision: str = "fp32",
+            process_group=None) -> dict[str, list[dict]]:
         """Stage 1 (``DisentangledVAE.fit`` with ``stage1_loss``, ``penalty_warmup``), then stage 2
         (``SecondStage.fit``). With ``checkpoint_dir`` each stage checkpoints there
         (``stage1.pt``, ``stage2.pt``) and an interrupted fit resumes where it stopped; the time
         limits (seconds) bound each stage across resumptions; ``precision`` (``"bf16"``, ``"fp32"``,
-        ``"auto"``) as in ``DisentangledVAE.fit``. Returns ``self.history``."""
+        ``"auto"``) and ``process_group`` (data parallelism) as in ``DisentangledVAE.fit``.
+        Returns ``self.history``."""
         common = dict(batch_size=batch_size, checkpoint_dir=checkpoint_dir, resume=resume,
                       checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                      log_every=log_every, progress=progress, seed=seed, precision=precision)
+                      log_every=log_every, progress=progress, seed=seed, precision=precision,
+                      process_group=process_group)
         self.stage1.fit(data, loss=stage1_loss, steps=stage1_steps, lr=stage1_lr,
                         penalty_warmup=penalty_warmup, time_limit=stage1_time_limit, **common)
         self.stage2.fit(self.stage1, data, steps=stage2_steps, lr=stage2_lr,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msvae.distributed import average_gradients, broadcast_state, process_seed, rank_and_size
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
@@ -93,7 +94,7 @@ class DisentangledVAE(nn.Module):
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True,
             seed: int = 0, time_limit: float | None = None, precision: str = "fp32",
-            replacement: bool = True) -> list[dict]:
+            replacement: bool = True, process_group=None) -> list[dict]:
         """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset;
         ``training.RandomBatches``, drawn with ``replacement`` or, for small tables, without).
 
@@ -110,9 +111,17 @@ class DisentangledVAE(nn.Module):
         runs the networks' forward passes under bfloat16 autocast (losses and weights stay float32;
         ``"auto"``: where the device has native bfloat16). Image batches and convolution weights
         are kept channels-last.
+        ``process_group`` (data parallelism, e.g. under torchrun; ``msvae.distributed``): every
+        rank calls ``fit`` alike; ``batch_size`` is the global batch, each rank trains on its
+        share (``RandomBatches``' shard), gradients are averaged over the ranks
+        (``average_gradients``), the ranks start from, and stay at, the same weights, and the first
+        rank writes the checkpoints. The default loss then estimates its terms on the global
+        batch; a given ``loss`` should have been built with the same ``process_group`` for that.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
-        loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood)
+        rank, ranks = rank_and_size(process_group)
+        loss_fn = loss if loss is not None else BetaTCVAELoss(dataset_size=len(data), recon=self.likelihood,
+                                                              process_group=process_group)
         loss_fn.to(self.device)
         recon_kind = getattr(loss_fn, "recon", self.likelihood)
         discriminator_step = getattr(loss_fn, "discriminator_step", None)
@@ -127,8 +136,11 @@ class DisentangledVAE(nn.Module):
         settings = {"lr": lr, "batch_size": batch_size, "penalty_warmup": penalty_warmup,
                     "seed": seed, "loss": repr(loss_fn), "precision": precision, "replacement": replacement}
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        batches = RandomBatches(data, batch_size, generator, self.device, replacement)
+        torch.manual_seed(process_seed(seed, process_group))
+        batches = RandomBatches(data, batch_size, generator, self.device, replacement, (rank, ranks))
+        for module in (self, loss_fn):
+            broadcast_state(module, process_group)
+        hooks = average_gradients([*self.parameters(), *loss_fn.parameters()], process_group)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
@@ -144,16 +156,23 @@ class DisentangledVAE(nn.Module):
             logged = dict(zip(terms, torch.stack([v.float() for v in terms.values()]).tolist()))
             if discriminator_step is not None:
                 logged["discriminator"] = discriminator_step(out["z"].detach(), disc_optimizer)
+            if step == 0:  # state initialised from the first batch saw each rank's own rows
+                for module in (self, loss_fn):
+                    broadcast_state(module, process_group)
             return logged
 
         self.train()
-        train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage1.pt",
-                        resume=resume, states={"model": self, "loss": loss_fn, "optimizer": optimizer,
-                                               "disc_optimizer": disc_optimizer, "batches": batches},
-                        settings=settings, generator=generator, history=self.history, steps=steps,
-                        time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
-                        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                        progress=progress, desc="stage 1")
+        try:
+            train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage1.pt",
+                            resume=resume, states={"model": self, "loss": loss_fn, "optimizer": optimizer,
+                                                   "disc_optimizer": disc_optimizer, "batches": batches},
+                            settings=settings, generator=generator, history=self.history, steps=steps,
+                            time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
+                            checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                            progress=progress, desc="stage 1", process_group=process_group)
+        finally:
+            for hook in hooks:
+                hook.remove()
         self.eval()
         return self.history
 

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from msvae.distributed import (all_rows, average_gradients, broadcast_state, process_seed,
+                               rank_and_size)
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import ConvEncoder, full_precision, reparameterize
@@ -181,7 +183,10 @@ class NeighbourCentre(nn.Module):
     centred on itself) and returns 0. After training, ``refresh`` refills it with pairs from the
     final encoder, keyed by the posterior-mean ``x1`` that encoding uses: on the quick preset the
     ring's stale values left ``w_leak.of_z`` at 0.13 (shape); refreshed, 0.03-0.05. The table is a
-    buffer, saved with the model."""
+    buffer, saved with the model. Under data parallelism ``process_group`` (set by
+    ``SecondStage.fit``) makes every rank write the global batch's pairs, so the tables stay equal."""
+
+    process_group = None
 
     def __init__(self, w_dim: int, channels: int, encoder: str = "", width: int = 32, hidden: int = 256,
                  size: int = 16384, neighbours: int = 8, pool: int = 4):
@@ -214,13 +219,19 @@ class NeighbourCentre(nn.Module):
 
     @torch.no_grad()
     def learn(self, x1_mean: Tensor, m: Tensor, r: Tensor) -> Tensor:
-        size = len(self.keys)
-        slots = (int(self.cursor) + torch.arange(len(m), device=m.device)) % size
-        keys = self._key(x1_mean)
-        self.keys[slots], self.values[slots], self.key_norms[slots] = keys, m.detach(), keys.pow(2).sum(1)
-        self.cursor.fill_((int(self.cursor) + len(m)) % size)
-        self.filled.fill_(min(size, int(self.filled) + len(m)))
+        self._write(*self._pairs(x1_mean, m))
         return m.new_zeros(())
+
+    def _pairs(self, x1_mean: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values of a batch, of every rank's batch under ``process_group``."""
+        return all_rows(self._key(x1_mean), self.process_group), all_rows(m, self.process_group)
+
+    def _write(self, keys: Tensor, values: Tensor) -> None:
+        size = len(self.keys)
+        slots = (int(self.cursor) + torch.arange(len(keys), device=keys.device)) % size
+        self.keys[slots], self.values[slots], self.key_norms[slots] = keys, values, keys.pow(2).sum(1)
+        self.cursor.fill_((int(self.cursor) + len(keys)) % size)
+        self.filled.fill_(min(size, int(self.filled) + len(keys)))
 
     @torch.no_grad()
     def refresh(self, pairs: Iterator[tuple[Tensor, Tensor]]) -> None:
@@ -228,9 +239,9 @@ class NeighbourCentre(nn.Module):
         self.filled.zero_()
         self.cursor.zero_()
         while int(self.filled) < len(self.keys):
-            x1_mean, m = next(pairs)
+            keys, values = self._pairs(*next(pairs))
             room = len(self.keys) - int(self.filled)
-            self.learn(x1_mean[:room], m[:room], m[:room])
+            self._write(keys[:room], values[:room])
 
 
 CENTRINGS = {"regression": RegressionCentre, "neighbours": NeighbourCentre}
@@ -319,9 +330,11 @@ class SecondStage(nn.Module):
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True, seed: int = 0,
-            time_limit: float | None = None, precision: str = "fp32", replacement: bool = True) -> list[dict]:
-        """Trains this stage on random batches of ``data`` (``replacement`` as in
-        ``DisentangledVAE.fit``) with ``stage1`` (a ``DisentangledVAE``)
+            time_limit: float | None = None, precision: str = "fp32", replacement: bool = True,
+            process_group=None) -> list[dict]:
+        """Trains this stage on random batches of ``data`` (``replacement`` and ``process_group``
+        as in ``DisentangledVAE.fit``; submodules whose state is estimated from batches rather
+        than by gradients declare a ``process_group`` attribute, which this sets) with ``stage1`` (a ``DisentangledVAE``)
         frozen: ``x1`` is its decoder output at ``z ~ q(z | x)``, drawn afresh for every row at
         every step (``sampled_stage1_output``), as the model is sampled. Checkpoints to
         ``stage2.pt`` in ``checkpoint_dir`` and resumes from it as ``DisentangledVAE.fit`` does.
@@ -337,25 +350,39 @@ class SecondStage(nn.Module):
         settings = {"lr": lr, "batch_size": batch_size, "seed": seed, "config": repr(self.config),
                     "precision": precision, "replacement": replacement}
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        batches = RandomBatches(data, batch_size, generator, self.device, replacement)
+        torch.manual_seed(process_seed(seed, process_group))
+        batches = RandomBatches(data, batch_size, generator, self.device, replacement,
+                                rank_and_size(process_group))
+        stateful = [m for m in self.modules() if hasattr(m, "process_group")]
+        for module in stateful:
+            module.process_group = process_group
+        broadcast_state(self, process_group)
+        hooks = average_gradients(self.parameters(), process_group)
 
         def step_fn(step: int) -> dict[str, float]:
             x = next(batches)
             _, _, x1, x1_mean = sampled_stage1_output(stage1, x)  # float32: as at sampling
             terms = self.training_step(x, x1, x1_mean, step, optimizers, precision)
+            if step == 0:  # layers initialised from the first batch (a flow's) saw each rank's rows
+                broadcast_state(self, process_group)
             return dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
 
         self.train()
-        train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
-                        resume=resume, states={"model": self, **optimizers, "batches": batches},
-                        settings=settings, generator=generator, history=self.history, steps=steps,
-                        time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
-                        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                        progress=progress, desc="stage 2")
-        self.eval()
-        with flush_denormals():
-            self.finish(stage1, batches)
+        try:
+            train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
+                            resume=resume, states={"model": self, **optimizers, "batches": batches},
+                            settings=settings, generator=generator, history=self.history, steps=steps,
+                            time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
+                            checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                            progress=progress, desc="stage 2", process_group=process_group)
+            self.eval()
+            with flush_denormals():
+                self.finish(stage1, batches)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for module in stateful:
+                module.process_group = None
         return self.history
 
 

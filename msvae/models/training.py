@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from msvae.distributed import broadcast_object, gather_objects, rank_and_size
 
 T = TypeVar("T")
 
@@ -35,10 +38,16 @@ class RandomBatches:
     Items are stacked; items that are tuples contribute their first element. ``state_dict`` /
     ``load_state_dict`` hold the epoch's seed and the position in it, so a resumed run (with
     ``generator``'s state restored too) continues the same stream.
+
+    ``shard=(rank, ranks)`` (data parallelism): ``batch_size`` is the global batch; every rank
+    draws the same global batch (``generator`` seeded alike on all ranks) and returns its own
+    ``batch_size / ranks`` rows of it, so no row is on two ranks and the global stream is the
+    one-process stream.
     """
 
     def __init__(self, data: Tensor | Dataset, batch_size: int, generator: torch.Generator,
-                 device: torch.device | str = "cpu", replacement: bool = False):
+                 device: torch.device | str = "cpu", replacement: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         if len(data) == 0:
             raise ValueError("data is empty")
         if batch_size < 1:
@@ -46,8 +55,13 @@ class RandomBatches:
         if not replacement and batch_size > len(data):
             raise ValueError(f"batch_size ({batch_size}) must be at most the number of rows ({len(data)}) "
                              f"when drawing without replacement")
+        rank, ranks = shard
+        if batch_size % ranks:
+            raise ValueError(f"batch_size ({batch_size}, the global batch) must be a multiple of "
+                             f"the number of processes ({ranks})")
         self.data, self.batch_size, self.generator, self.device = data, batch_size, generator, device
         self.replacement = replacement
+        self._rows = slice(rank * batch_size // ranks, (rank + 1) * batch_size // ranks)
         self._seed: int | None = None
         self._position = 0
         self._order: Tensor | None = None
@@ -60,11 +74,11 @@ class RandomBatches:
 
     def __next__(self) -> Tensor:
         if self.replacement:
-            return self._batch(torch.randint(len(self.data), (self.batch_size,), generator=self.generator))
+            return self._batch(torch.randint(len(self.data), (self.batch_size,), generator=self.generator)[self._rows])
         if self._seed is None or self._position + self.batch_size > len(self.data):
             self._seed, self._position = int(torch.randint(2**62, (), generator=self.generator)), 0
             self._permute()
-        index = self._order[self._position:self._position + self.batch_size]
+        index = self._order[self._position:self._position + self.batch_size][self._rows]
         self._position += self.batch_size
         return self._batch(index)
 
@@ -221,7 +235,7 @@ def kl_penalty(kl_per_dim: Tensor, step: int, free_bits: float, warmup_steps: in
 def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | os.PathLike | None,
                     resume: bool, states: dict, settings: dict, generator: torch.Generator,
                     history: list[dict], steps: int, time_limit: float | None = None,
-                    extra: dict | None = None, **loop) -> list[dict]:
+                    extra: dict | None = None, process_group=None, **loop) -> list[dict]:
     """``run_steps`` with exact resumption from, and periodic checkpoints to, the file ``path``.
 
     ``states`` maps names to objects with ``state_dict``/``load_state_dict`` (models, losses,
@@ -230,17 +244,33 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
     ``settings`` and ``extra``. Resuming a checkpoint written with other ``settings`` is a
     ``ValueError``; ``time_limit`` (seconds) counts the time of earlier runs too, so an
     interrupted time-limited stage finishes its budget and a completed one does not train again.
+    With ``process_group`` (data parallelism) the group's first rank alone reads and writes the
+    file (the others receive its contents, so several machines need no shared folder), the
+    checkpoint holds every rank's torch/CUDA RNG states, and resuming with another number of
+    processes is a ``ValueError``.
     ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, checkpoint_seconds, progress, desc).
     """
+    rank, ranks = rank_and_size(process_group)
     path = None if path is None else Path(path)
     start, trained, pending = 0, 0.0, None
-    state = load_checkpoint(path) if (path is not None and resume) else None
+    state = None
+    if path is not None and resume:
+        try:
+            state = load_checkpoint(path) if rank == 0 else None
+        except ValueError as error:
+            state = error
+        state = broadcast_object(state, process_group)
+        if isinstance(state, ValueError):
+            raise state
     if state is not None:
         changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
         if changed:
             raise ValueError(f"{path} was written with other settings ({', '.join(changed)}): "
                              f"{ {k: state['settings'].get(k) for k in changed} }; use another "
                              f"checkpoint_dir or resume=False")
+        if len(state.get("ranks_rng", [None])) != ranks:
+            raise ValueError(f"{path} was written by {len(state.get('ranks_rng', [None]))} process(es), "
+                             f"this run has {ranks}; resume with as many or use another checkpoint_dir")
         missing = [name for name, obj in states.items() if obj is not None and name not in state]
         if missing:
             raise ValueError(f"{path} was written by another version of msvae (it holds no "
@@ -249,19 +279,24 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
             if obj is not None:
                 obj.load_state_dict(state[name])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rng = state["ranks_rng"][rank] if "ranks_rng" in state else state
+        torch.set_rng_state(rng["torch_rng"])
+        if torch.cuda.is_available() and rng["cuda_rng"]:
+            torch.cuda.set_rng_state_all(rng["cuda_rng"])
         start, trained = state["step"], state.get("train_seconds", 0.0)
         history[:] = state["history"]
         pending = state.get("pending")
     began = time.monotonic()
 
     def checkpoint(step: int, pending: dict) -> None:
+        rng = {"torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        ranks_rng = gather_objects(rng, process_group)
+        if rank != 0:
+            return
         save_checkpoint(path, {
             **{name: obj.state_dict() if obj is not None else None for name, obj in states.items()},
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generator": generator.get_state(), **rng, **({"ranks_rng": ranks_rng} if ranks > 1 else {}),
             "step": step, "history": history, "pending": pending, "settings": settings,
             "train_seconds": trained + time.monotonic() - began, **(extra or {})})
 
@@ -270,7 +305,7 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
         with flush_denormals():
             run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
                       checkpoint=checkpoint if path is not None else None, seconds_before=trained,
-                      pending=pending, **loop)
+                      pending=pending, process_group=process_group, **loop)
     return history
 
 
@@ -284,7 +319,8 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
               checkpoint: Callable[[int, dict], None] | None = None, checkpoint_every: int = 1000,
               checkpoint_seconds: float = 60.0, progress: bool = True, desc: str = "training",
               time_limit: float | None = None, seconds_before: float = 0.0,
-              log_seconds: float = 30.0, pending: dict | None = None) -> list[dict]:
+              log_seconds: float = 30.0, pending: dict | None = None,
+              process_group=None) -> list[dict]:
     """Calls ``step_fn(step)`` for step in [start, steps). Every ``log_every`` steps the mean of the
     returned terms is appended to ``history`` with the step and ``seconds`` (training time so far,
     ``seconds_before`` included). ``checkpoint(step, pending)`` runs every ``checkpoint_every``
@@ -294,8 +330,13 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
     stops early, at the end of the step that reaches it, and says so. ``progress``: a bar on a
     terminal, one line every ``log_seconds`` otherwise (its share done and ETA count the time
     budget when that ends training first). Non-finite terms stop training with a
-    ``FloatingPointError``.
+    ``FloatingPointError``. With ``process_group`` the terms are averaged over the ranks (the
+    history is the global batch's), the first rank alone reports progress and decides, by its
+    clock, when a checkpoint or the time limit is due, and every rank follows (one all-reduce of
+    the terms and those two flags a step).
     """
+    rank, ranks = rank_and_size(process_group)
+    progress = progress and rank == 0
     began = time.monotonic()
     deadline = None if time_limit is None else began + time_limit
     last_checkpoint = last_line = began
@@ -307,6 +348,12 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
     means: dict[str, float] = {}
     for step in bar:
         terms = step_fn(step)
+        now = time.monotonic()
+        out_of_time = deadline is not None and now >= deadline
+        due = now - last_checkpoint >= checkpoint_seconds
+        if ranks > 1:
+            terms, out_of_time, due = _agree(terms, out_of_time and rank == 0, due and rank == 0,
+                                             process_group)
         bad = [k for k, v in terms.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"non-finite {bad} at step {step}: {terms}")
@@ -314,15 +361,13 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         done = step + 1
-        now = time.monotonic()
-        out_of_time = deadline is not None and now >= deadline
         if done % log_every == 0 or done == steps or out_of_time:
             means = {k: v / count for k, v in sums.items()}
             history.append({"step": done, **means, "seconds": seconds_before + now - began})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("loss", "recon", "kl", "tc")})
             sums, count = {}, 0
         if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time
-                                       or now - last_checkpoint >= checkpoint_seconds):
+                                       or due):
             checkpoint(done, {"sums": sums, "count": count})
             last_checkpoint = time.monotonic()
         if progress and not terminal and (now - last_line >= log_seconds or done == steps):
@@ -341,3 +386,20 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
             break
     bar.close()
     return history
+
+
+def _agree(terms: dict[str, float], out_of_time: bool, due: bool, group) -> tuple[dict[str, float], bool, bool]:
+    """The ranks' mean terms, and whether any rank raised each flag (one all-reduce)."""
+    ranks = rank_and_size(group)[1]
+    values = torch.tensor([*terms.values(), float(out_of_time), float(due)], dtype=torch.float64)
+    values = values.to(_collective_device(group))
+    dist.all_reduce(values, group=group)
+    values = values.cpu().tolist()
+    return dict(zip(terms, (v / ranks for v in values[:-2]))), values[-2] > 0, values[-1] > 0
+
+
+def _collective_device(group) -> torch.device:
+    """Where the group's backend takes tensors: the current CUDA device for NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
