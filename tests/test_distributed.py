@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from gloo_ranks import on_ranks
 
 from msvae.distributed import gather_rows, rank_and_size
 from msvae.losses import BetaTCVAELoss, DecompositionLoss, DIPVAELoss, FactorVAELoss
@@ -74,33 +74,25 @@ def discriminator_loss_and_gradients(rows, group, draw_order=True):
     return loss.detach(), torch.autograd.grad(loss, list(loss_fn.discriminator.parameters()))
 
 
-def _rank(rank, init, out):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=RANKS)
+def _rank(rank, group, out):
+    results = {}
+    for name in LOSSES:
+        rows = slice(rank * B // RANKS, (rank + 1) * B // RANKS)
+        results[name] = loss_and_gradients(name, rows, group)
+    results["factor_vae"] = discriminator_loss_and_gradients(
+        slice(rank * B // RANKS, (rank + 1) * B // RANKS), group, draw_order=rank == 0)
+    results["gathered"] = gather_rows(torch.arange(3.0) + 10 * rank, group)
+    results["rank_and_size"] = rank_and_size(group)
     try:
-        torch.set_num_threads(1)
-        results = {}
-        for name in LOSSES:
-            rows = slice(rank * B // RANKS, (rank + 1) * B // RANKS)
-            results[name] = loss_and_gradients(name, rows, dist.group.WORLD)
-        results["factor_vae"] = discriminator_loss_and_gradients(
-            slice(rank * B // RANKS, (rank + 1) * B // RANKS), dist.group.WORLD, draw_order=rank == 0)
-        results["gathered"] = gather_rows(torch.arange(3.0) + 10 * rank, dist.group.WORLD)
-        results["rank_and_size"] = rank_and_size(dist.group.WORLD)
-        try:
-            gather_rows(torch.zeros(rank + 1), dist.group.WORLD)
-        except ValueError as error:
-            results["unequal"] = str(error)
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        gather_rows(torch.zeros(rank + 1), group)
+    except ValueError as error:
+        results["unequal"] = str(error)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("distributed")
-    mp.start_processes(_rank, args=(f"file://{out}/rendezvous", str(out)), nprocs=RANKS,
-                       start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt") for r in range(RANKS)]
+    return on_ranks(_rank, RANKS, tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -3,8 +3,8 @@ ranks share one model throughout, the neighbour table included, and a run resume
 checkpoint is the uninterrupted run, weight for weight."""
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from gloo_ranks import on_ranks
 
 from msvae.data import DSprites
 from msvae.models import MultiStageModel
@@ -39,27 +39,17 @@ def train(out, group, stops):
     return {k: v.clone() for k, v in model.state_dict().items()}, model.history
 
 
-def _rank(rank, init, out):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=RANKS)
-    try:
-        torch.set_num_threads(1)
-        group = dist.group.WORLD
-        batches = RandomBatches(torch.arange(40.0)[:, None], 8, torch.Generator().manual_seed(1),
-                                shard=(rank, RANKS))
-        results = {"rows": torch.cat([next(batches) for _ in range(6)]).flatten()}
-        results["straight"] = train(f"{out}/straight", group, [(4, 4)])
-        results["resumed"] = train(f"{out}/resumed", group, [(2, 0), (4, 2), (4, 4)])
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank(rank, group, out):
+    batches = RandomBatches(torch.arange(40.0)[:, None], 8, torch.Generator().manual_seed(1),
+                            shard=(rank, RANKS))
+    return {"rows": torch.cat([next(batches) for _ in range(6)]).flatten(),
+            "straight": train(f"{out}/straight", group, [(4, 4)]),
+            "resumed": train(f"{out}/resumed", group, [(2, 0), (4, 2), (4, 4)])}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data_parallel")
-    mp.start_processes(_rank, args=(f"file://{out}/rendezvous", str(out)), nprocs=RANKS,
-                       start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt") for r in range(RANKS)]
+    return on_ranks(_rank, RANKS, tmp_path_factory.mktemp("data_parallel"))
 
 
 def test_shards_split_the_one_process_batches_without_overlap(ranks):
