@@ -76,23 +76,39 @@ def all_rows(rows: Tensor, group) -> Tensor:
 
 
 def average_gradients(parameters, group) -> list:
-    """Data parallelism for any training step: each parameter's gradient is averaged over the
-    ranks of ``group`` as soon as backward has accumulated it (before clipping or an optimiser
-    step sees it), so every rank steps with the gradient of the mean of the ranks' losses — with
-    ``gather_rows`` in the estimators, the gradient of the one-process loss on the global batch.
-    Unlike DistributedDataParallel it needs no wrapper around ``forward`` (stage 2 trains through
-    methods of several networks, a GAN through two players). Averaging is linear, so several
-    backward passes before one step (a GAN's players) still give the average. Returns the hook
-    handles (``handle.remove()`` ends it); nothing for ``group=None`` or one rank."""
+    """Data parallelism for any training step: at the end of every backward pass that reaches
+    ``parameters``, their gradients are averaged over the ranks of ``group`` in one all-reduce
+    (flattened into one buffer; before clipping or an optimiser step sees them), so every rank
+    steps with the gradient of the mean of the ranks' losses — with ``gather_rows`` in the
+    estimators, the gradient of the one-process loss on the global batch. Unlike
+    DistributedDataParallel it needs no wrapper around ``forward`` (stage 2 trains through
+    methods of several networks, a GAN through two players). Averaging is linear and what an
+    earlier pass averaged is equal on every rank, so several backward passes before one step (a
+    GAN's players) still give the average. Returns the hook handles (``handle.remove()`` ends it);
+    nothing for ``group=None`` or one rank."""
     rank, size = rank_and_size(group)
     if size == 1:
         return []
+    parameters = [p for p in parameters if p.requires_grad]
+    queued = []
+
+    def average() -> None:  # run by autograd once the backward pass is over (as DDP's reducer)
+        queued.clear()
+        grads = [p.grad for p in parameters if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=group)
+        flat.div_(size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view(g.shape))
+            offset += g.numel()
 
     def hook(parameter: Tensor) -> None:
-        _collective_in_place(parameter.grad, lambda t: dist.all_reduce(t, group=group))
-        parameter.grad.div_(size)
+        if not queued:
+            queued.append(True)
+            torch.autograd.Variable._execution_engine.queue_callback(average)
 
-    return [p.register_post_accumulate_grad_hook(hook) for p in parameters if p.requires_grad]
+    return [p.register_post_accumulate_grad_hook(hook) for p in parameters]
 
 
 @torch.no_grad()
