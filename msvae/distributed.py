@@ -13,6 +13,9 @@ process group exists: the global estimator is asked for by passing a group (e.g.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -109,6 +112,22 @@ def average_gradients(parameters, group) -> list:
             torch.autograd.Variable._execution_engine.queue_callback(average)
 
     return [p.register_post_accumulate_grad_hook(hook) for p in parameters]
+
+
+@contextlib.contextmanager
+def data_parallel(modules: list[torch.nn.Module], group) -> Iterator[Callable[[], None]]:
+    """Training ``modules`` as one model over the ranks of ``group``: on entry every rank takes
+    the first rank's state (``broadcast_state``) and gradients are averaged
+    (``average_gradients``) until exit. Yields ``synchronize()``, which broadcasts the state
+    again (``fit`` calls it after the first step). Nothing happens for ``group=None``."""
+    for module in modules:
+        broadcast_state(module, group)
+    hooks = average_gradients([p for module in modules for p in module.parameters()], group)
+    try:
+        yield lambda: [broadcast_state(module, group) for module in modules]
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @torch.no_grad()

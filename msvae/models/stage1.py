@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from msvae.distributed import average_gradients, broadcast_state, process_seed, rank_and_size
+from msvae.distributed import data_parallel, process_seed, rank_and_size
 from msvae.losses import BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
@@ -114,7 +114,7 @@ class DisentangledVAE(nn.Module):
         ``process_group`` (data parallelism, e.g. under torchrun; ``msvae.distributed``): every
         rank calls ``fit`` alike; ``batch_size`` is the global batch, each rank trains on its
         share (``RandomBatches``' shard), gradients are averaged over the ranks
-        (``average_gradients``), the ranks start from, and stay at, the same weights, and the first
+        (``distributed.data_parallel``), the ranks start from, and stay at, the same weights, and the first
         rank writes the checkpoints. The default loss then estimates its terms on the global
         batch; a given ``loss`` should have been built with the same ``process_group`` for that.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
@@ -138,31 +138,26 @@ class DisentangledVAE(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(process_seed(seed, process_group))
         batches = RandomBatches(data, batch_size, generator, self.device, replacement, (rank, ranks))
-        for module in (self, loss_fn):
-            broadcast_state(module, process_group)
-        hooks = average_gradients([*self.parameters(), *loss_fn.parameters()], process_group)
-
-        def step_fn(step: int) -> dict[str, float]:
-            x = next(batches)
-            with autocast(self.device, precision):
-                out = self(x)
-            total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
-            if step < penalty_warmup:
-                recon = reconstruction_nll(x, out["output"], recon_kind).mean()
-                total = recon + linear_warmup(step, penalty_warmup) * (total - recon)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            logged = dict(zip(terms, torch.stack([v.float() for v in terms.values()]).tolist()))
-            if discriminator_step is not None:
-                logged["discriminator"] = discriminator_step(out["z"].detach(), disc_optimizer)
-            if step == 0:  # state initialised from the first batch saw each rank's own rows
-                for module in (self, loss_fn):
-                    broadcast_state(module, process_group)
-            return logged
-
         self.train()
-        try:
+        with data_parallel([self, loss_fn], process_group) as synchronize:
+            def step_fn(step: int) -> dict[str, float]:
+                x = next(batches)
+                with autocast(self.device, precision):
+                    out = self(x)
+                total, terms = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
+                if step < penalty_warmup:
+                    recon = reconstruction_nll(x, out["output"], recon_kind).mean()
+                    total = recon + linear_warmup(step, penalty_warmup) * (total - recon)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                logged = dict(zip(terms, torch.stack([v.float() for v in terms.values()]).tolist()))
+                if discriminator_step is not None:
+                    logged["discriminator"] = discriminator_step(out["z"].detach(), disc_optimizer)
+                if step == 0:  # state initialised from the first batch saw each rank's own rows
+                    synchronize()
+                return logged
+
             train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage1.pt",
                             resume=resume, states={"model": self, "loss": loss_fn, "optimizer": optimizer,
                                                    "disc_optimizer": disc_optimizer, "batches": batches},
@@ -170,9 +165,6 @@ class DisentangledVAE(nn.Module):
                             time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                             checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
                             progress=progress, desc="stage 1", process_group=process_group)
-        finally:
-            for hook in hooks:
-                hook.remove()
         self.eval()
         return self.history
 

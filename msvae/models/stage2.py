@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from msvae.distributed import (all_rows, average_gradients, broadcast_state, process_seed,
-                               rank_and_size)
+from msvae.distributed import all_rows, data_parallel, process_seed, rank_and_size
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import ConvEncoder, full_precision, reparameterize
@@ -356,31 +355,27 @@ class SecondStage(nn.Module):
         stateful = [m for m in self.modules() if hasattr(m, "process_group")]
         for module in stateful:
             module.process_group = process_group
-        broadcast_state(self, process_group)
-        hooks = average_gradients(self.parameters(), process_group)
-
-        def step_fn(step: int) -> dict[str, float]:
-            x = next(batches)
-            _, _, x1, x1_mean = sampled_stage1_output(stage1, x)  # float32: as at sampling
-            terms = self.training_step(x, x1, x1_mean, step, optimizers, precision)
-            if step == 0:  # layers initialised from the first batch (a flow's) saw each rank's rows
-                broadcast_state(self, process_group)
-            return dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
-
         self.train()
         try:
-            train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
-                            resume=resume, states={"model": self, **optimizers, "batches": batches},
-                            settings=settings, generator=generator, history=self.history, steps=steps,
-                            time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
-                            checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                            progress=progress, desc="stage 2", process_group=process_group)
-            self.eval()
-            with flush_denormals():
-                self.finish(stage1, batches)
+            with data_parallel([self], process_group) as synchronize:
+                def step_fn(step: int) -> dict[str, float]:
+                    x = next(batches)
+                    _, _, x1, x1_mean = sampled_stage1_output(stage1, x)  # float32: as at sampling
+                    terms = self.training_step(x, x1, x1_mean, step, optimizers, precision)
+                    if step == 0:  # layers initialised from the first batch (a flow's) saw each rank's rows
+                        synchronize()
+                    return dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+
+                train_resumably(step_fn, path=None if checkpoint_dir is None else Path(checkpoint_dir) / "stage2.pt",
+                                resume=resume, states={"model": self, **optimizers, "batches": batches},
+                                settings=settings, generator=generator, history=self.history, steps=steps,
+                                time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
+                                checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                                progress=progress, desc="stage 2", process_group=process_group)
+                self.eval()
+                with flush_denormals():
+                    self.finish(stage1, batches)
         finally:
-            for hook in hooks:
-                hook.remove()
             for module in stateful:
                 module.process_group = None
         return self.history
