@@ -27,11 +27,13 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from msvae.data import DSprites
+from msvae.data.images import DigitImages, ImageFiles
 from msvae.distributed import broadcast_object, rank_and_size
-from msvae.evaluation import (disentanglement_report, dsprites_factor_classifier, encode_images,
+from msvae.evaluation import (disentanglement_report, encode_images, factor_classifier,
                               reconstruction_summary, sample_report, save_multistage_figures,
                               save_stage1_figures, traversal_report, w_leak_report)
-from msvae.losses import BetaTCVAELoss
+from msvae.losses import DIVERGENCES, gaussian_kl
+from msvae.methods import METHOD_OPTIONS, METHODS, PRIORS, stage1_loss
 from msvae.models import DisentangledVAE, MultiStageModel
 from msvae.models.training import PRECISIONS, flush_denormals, keep_freed_memory, resolve_precision
 
@@ -40,15 +42,15 @@ DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESETS = {
     # The whole pipeline on a 2-core CPU (18 minutes measured here beside another heavy job, bf16
     # on one thread). Bounded by steps, not minutes, so a busy machine trains as long, only slower.
-    "quick": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
-                  estimator="mss", batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
+    "quick": dict(stage2="vae", latent_dim=10, w_dim=16, method="betatcvae",
+                  method_options=dict(alpha=1.0, beta=6.0, gamma=1.0, estimator="mss"), batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
                   stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
                   w_centred=True, w_centring="neighbours", components=8, eval_size=2000,
                   precision="auto"),
     # Full-length training, meant for a GPU.
-    "paper": dict(stage2="vae", latent_dim=10, w_dim=16, alpha=1.0, beta=6.0, gamma=1.0,
-                  estimator="mss", batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
+    "paper": dict(stage2="vae", latent_dim=10, w_dim=16, method="betatcvae",
+                  method_options=dict(alpha=1.0, beta=6.0, gamma=1.0, estimator="mss"), batch_size=64, lr=5e-4, stage2_lr=5e-4, warmup=5000,
                   stage1_steps=300_000, stage1_minutes=None, stage2_steps=100_000,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=5000, w_encoder="pooled",
                   w_centred=True, w_centring="neighbours", components=8, eval_size=10_000,
@@ -130,11 +132,15 @@ def _record_config(out: Path, config: dict) -> None:
     settings (other than ``RESUMABLE``), so a refused rerun leaves the record as it was."""
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(config)
-                         if k not in RESUMABLE and old.get(k) != config.get(k))
+        def flat(settings: dict) -> dict:  # {"method_options": {"beta": 6}} -> {"beta": 6}
+            return {**{k: v for k, v in settings.items() if not isinstance(v, dict)},
+                    **{k: v for d in settings.values() if isinstance(d, dict) for k, v in d.items()}}
+
+        old, config_flat = flat(json.loads(path.read_text())), flat(config)
+        changed = sorted(k for k in set(old) | set(config_flat)
+                         if k not in RESUMABLE and old.get(k) != config_flat.get(k))
         if changed:
-            diff = "; ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in changed)
+            diff = "; ".join(f"{k}: {old.get(k)!r} there, {config_flat.get(k)!r} now" for k in changed)
             raise SystemExit(f"msvae: {out} holds a run with other settings ({diff}); "
                              f"use another --out, or the same settings to resume it")
     _write_json(path, config)
@@ -190,10 +196,44 @@ def _read_config(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _data(config: dict) -> tuple[DSprites, np.ndarray, np.ndarray, np.ndarray]:
+DATASETS = ("dsprites", "digits")
+
+
+def _resolve_data(config: dict) -> None:
+    """``config["dataset"]``: ``"files"`` with ``--data``, else ``--dataset`` (default dsprites)."""
+    if config.get("data"):
+        if config.get("dataset") not in (None, "files") or config.get("dsprites"):
+            raise SystemExit("msvae: --data (your own images) cannot be combined with --dataset or --dsprites")
+        config["dataset"] = "files"
+        _dataset(config)  # a path that cannot be read is refused before the run folder is written
+    else:
+        config["dataset"] = config.get("dataset") or "dsprites"
+        if config["dataset"] != "dsprites" and config.get("dsprites"):
+            raise SystemExit("msvae: --dsprites is the dSprites file; it goes with --dataset dsprites only")
+
+
+def _dataset(config: dict):
+    """The images of a run: ``--data PATH`` (a user's, ``ImageFiles``), else ``--dataset``."""
+    if config.get("data"):
+        try:
+            return ImageFiles(config["data"])
+        except ValueError as error:
+            raise SystemExit(f"msvae: --data {config['data']}: {error}") from None
+    if config.get("dataset", "dsprites") == "digits":
+        return DigitImages()
+    return DSprites(config.get("dsprites"))
+
+
+def _data(config: dict) -> tuple:
     """The dataset, its training and held-out indices, and the held-out indices that are evaluated."""
-    dataset = DSprites(config.get("dsprites"))
-    train_idx, test_idx = DSprites.split(config["held_out"], seed=config["seed"])
+    dataset = _dataset(config)
+    try:
+        train_idx, test_idx = dataset.split(config["held_out"], seed=config["seed"])
+    except ValueError as error:
+        raise SystemExit(f"msvae: --held-out {config['held_out']}: {error}") from None
+    if len(train_idx) < 2 or len(test_idx) < 1:
+        raise SystemExit(f"msvae: {len(dataset)} images split into {len(train_idx)} for training and "
+                         f"{len(test_idx)} held out (--held-out {config['held_out']}): too few")
     eval_idx = np.random.default_rng(config["seed"]).choice(
         test_idx, min(config["eval_size"], len(test_idx)), replace=False)
     return dataset, train_idx, test_idx, eval_idx
@@ -206,14 +246,21 @@ def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndar
     and, for a multi-stage model, ``samples``, ``w_leak`` and ``traversal_fidelity``, judged by
     the dSprites factor classifier (trained on the training images on first use, then cached)."""
     encoded = encode_images(model, dataset.images, eval_idx, seed=seed)
+    results = {**reconstruction_summary(encoded, getattr(model, "stage2", None)),
+               "held_out_images": len(eval_idx)}
+    if dataset.factor_names is None:  # a user's images: nothing to judge codes or samples by
+        results["kl_per_dim"] = gaussian_kl(encoded["mu"], encoded["logvar"]).mean(0).tolist()
+        results["skipped"] = ("the data has no factors: disentanglement metrics, samples (the "
+                              "factor classifier's Fréchet distance and coverage), w_leak and "
+                              "traversal_fidelity are not computed")
+        return results
     factors = dataset.factors(eval_idx)
     report = disentanglement_report(encoded["mu"], encoded["logvar"], factors, seed=seed)
-    results = {**reconstruction_summary(encoded, getattr(model, "stage2", None)), **report,
-               "held_out_images": len(eval_idx)}
+    results.update(report)
     if isinstance(model, MultiStageModel):
         names = dataset.factor_names
-        classifier, accuracy = dsprites_factor_classifier(dataset, train_idx, test_idx, seed=seed,
-                                                          steps=classifier_steps, progress=progress)
+        classifier, accuracy = factor_classifier(dataset, train_idx, test_idx, seed=seed,
+                                                 steps=classifier_steps, progress=progress)
         images = dataset.images(eval_idx)
         results["samples"] = {**sample_report(model, classifier, images, names, dataset.class_sizes,
                                               seed=seed),
@@ -228,7 +275,7 @@ def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndar
 def _print_summary(results: dict) -> None:
     keys = ("stage1", "full", "full_over_stage1", "nll_bound", "w_kl", "mig", "mig_chen",
             "dci_disentanglement", "steps", "train_seconds")
-    summary = {k: results[k] for k in keys if k in results}
+    summary = {k: results[k] for k in (*keys, "skipped") if k in results}
     if "samples" in results:
         summary["sample_frechet_distance"] = results["samples"]["frechet_distance"]
         summary["w_leak_max_captured"] = results["w_leak"]["max_captured"]
@@ -248,9 +295,31 @@ def stage2_options(config: dict, kind: str | None = None) -> dict:
             "mog": dict(components=config["components"])}[kind]
 
 
-def _stage1_loss(config: dict, dataset_size: int, group=None) -> BetaTCVAELoss:
-    return BetaTCVAELoss(dataset_size=dataset_size, alpha=config["alpha"], beta=config["beta"],
-                         gamma=config["gamma"], estimator=config["estimator"], process_group=group)
+# Command-line options of the stage-1 methods (``methods.METHOD_OPTIONS``), all methods together.
+METHOD_FLAGS = sorted({name for options in METHOD_OPTIONS.values() for name in options})
+
+
+def _resolve_method(config: dict, preset: dict | None = None) -> None:
+    """Moves the method options given on the command line from ``config`` into
+    ``config["method_options"]``: the method's defaults, then the preset's values when the preset
+    is for the same method, then the command line. An option of another method is refused."""
+    given = {k: config.pop(k) for k in METHOD_FLAGS if k in config}
+    given = {k: v for k, v in given.items() if v is not None}
+    method = config["method"]
+    wrong = sorted(set(given) - set(METHOD_OPTIONS[method]))
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        own = ", ".join("--" + k.replace("_", "-") for k in METHOD_OPTIONS[method])
+        raise SystemExit(f"msvae: {flags} is not an option of --method {method} (its options: {own})")
+    preset = preset or {}
+    base = preset.get("method_options", {}) if preset.get("method") == method else {}
+    config["method_options"] = {**METHOD_OPTIONS[method], **base, **given}
+
+
+def _stage1_loss(config: dict, dataset_size: int, group=None):
+    """The stage-1 objective of a run's ``method`` and ``method_options``."""
+    return stage1_loss(config["method"], latent_dim=config["latent_dim"], dataset_size=dataset_size,
+                       process_group=group, **config["method_options"])
 
 
 def _minutes(value: float | None) -> float | None:
@@ -261,6 +330,8 @@ def stage1(args: argparse.Namespace) -> dict:
     """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics (on the first
     process of a torchrun launch; {} on the others)."""
     config = {k: v for k, v in vars(args).items() if k != "func"}
+    _resolve_method(config)
+    _resolve_data(config)
     with _processes(config["device"]) as group:
         rank, ranks = rank_and_size(group)
         if ranks > 1:
@@ -271,7 +342,8 @@ def stage1(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
         dataset, train_idx, test_idx, eval_idx = _data(config)
         torch.manual_seed(args.seed)
-        model = DisentangledVAE.for_images(latent_dim=args.latent_dim).to(_process_device(config, group))
+        model = DisentangledVAE.for_images(latent_dim=args.latent_dim, channels=dataset.channels).to(
+            _process_device(config, group))
         model.fit(Subset(dataset, train_idx.tolist()), loss=_stage1_loss(config, len(train_idx), group),
                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty_warmup=args.warmup,
                   checkpoint_dir=out, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
@@ -295,7 +367,9 @@ def fit(args: argparse.Namespace) -> dict:
     Under ``torchrun`` every process trains its share of each global batch (``--batch-size``)
     and the first alone writes the run folder and evaluates (the others return {})."""
     config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
-                                          if v is not None and k != "func"}}
+                                          if (v is not None or k in METHOD_FLAGS) and k != "func"}}
+    _resolve_method(config, PRESETS[args.preset])
+    _resolve_data(config)
     with _processes(config["device"]) as group:
         rank, ranks = rank_and_size(group)
         if ranks > 1:  # the noise of each process is its own: another count trains another model
@@ -306,7 +380,7 @@ def fit(args: argparse.Namespace) -> dict:
         torch.set_num_threads(config["threads"])
         dataset, train_idx, test_idx, eval_idx = _data(config)
         torch.manual_seed(config["seed"])  # the model's initial weights
-        model = MultiStageModel.for_images(config["latent_dim"], stage2=config["stage2"],
+        model = MultiStageModel.for_images(config["latent_dim"], channels=dataset.channels, stage2=config["stage2"],
                                            **stage2_options(config)).to(_process_device(config, group))
         model.fit(Subset(dataset, train_idx.tolist()),
                   stage1_loss=_stage1_loss(config, len(train_idx), group), stage1_steps=config["stage1_steps"],
@@ -423,12 +497,40 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """Options shared by ``fit`` and ``stage1``; ``fit`` leaves them None so presets fill them."""
     d = (lambda value: value) if defaults else (lambda value: None)
     parser.add_argument("--out", required=True, help="run folder (created; reused to resume)")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="dsprites (737,280 images with 5 factors) or digits (scikit-learn's "
+                             "1,797 handwritten digits upscaled to 64x64; the digit is their factor)")
+    parser.add_argument("--data", default=None,
+                        help="your own images instead: a folder of image files or an .npy / .npz "
+                             "array (centre-cropped, resized to 64x64; grey or RGB); no factors, "
+                             "so metrics that need them are skipped")
     parser.add_argument("--dsprites", default=None, help="official dSprites .npz (default: rendered procedurally)")
     parser.add_argument("--latent-dim", type=POSITIVE_INT, default=d(10))
-    parser.add_argument("--alpha", type=NONNEGATIVE, default=d(1.0), help="beta-TCVAE weight of the index-code MI")
-    parser.add_argument("--beta", type=NONNEGATIVE, default=d(6.0), help="beta-TCVAE weight of the total correlation")
-    parser.add_argument("--gamma", type=NONNEGATIVE, default=d(1.0), help="beta-TCVAE weight of the dimension-wise KL")
-    parser.add_argument("--estimator", choices=["mss", "mws"], default=d("mss"))
+    parser.add_argument("--method", choices=METHODS, default=d("betatcvae"),
+                        help="stage-1 objective (default: the preset's, beta-TCVAE); each reads only "
+                             "its own options below, and refuses the others")
+    parser.add_argument("--alpha", type=NONNEGATIVE, default=None,
+                        help="betatcvae: weight of the index-code MI (1); decomposition: weight of "
+                             "the divergence D(q(z), p(z)) (0)")
+    parser.add_argument("--beta", type=NONNEGATIVE, default=None,
+                        help="betavae: KL weight (4); betatcvae: total-correlation weight (6); "
+                             "decomposition: weight of KL(q(z|x) || p(z)) (1)")
+    parser.add_argument("--gamma", type=NONNEGATIVE, default=None,
+                        help="betatcvae: dimension-wise KL weight (1); factorvae: TC weight (40)")
+    parser.add_argument("--estimator", choices=["mss", "mws"], default=None, help="betatcvae: minibatch estimator")
+    parser.add_argument("--lambda-od", type=NONNEGATIVE, default=None, help="dipvae: off-diagonal weight (10)")
+    parser.add_argument("--lambda-d", type=NONNEGATIVE, default=None, help="dipvae: diagonal weight (default lambda-od)")
+    parser.add_argument("--dip-variant", choices=["i", "ii"], default=None, help="dipvae: DIP-VAE-I or -II (ii)")
+    parser.add_argument("--prior", choices=PRIORS, default=None,
+                        help="decomposition: p(z) (isotropic; see msvae.methods.make_prior)")
+    parser.add_argument("--divergence", choices=DIVERGENCES, default=None,
+                        help="decomposition: the estimator of D(q(z), p(z)) (inclusive_kl)")
+    parser.add_argument("--prior-components", type=POSITIVE_INT, default=None, help="decomposition, --prior mixture: components (10)")
+    parser.add_argument("--anisotropy", type=_number(1), default=None,
+                        help="decomposition, --prior anisotropic: ratio of the largest to the smallest prior scale (5)")
+    parser.add_argument("--df", type=POSITIVE, default=None, help="decomposition, --prior studentt: degrees of freedom (3)")
+    parser.add_argument("--spike-weight", type=_fraction, default=None, help="decomposition, --prior spikeslab: weight of the spike (0.8)")
+    parser.add_argument("--spike-scale", type=POSITIVE, default=None, help="decomposition, --prior spikeslab: scale of the spike (0.05)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=d(64),
                         help="the global batch (under torchrun split over the processes)")
     parser.add_argument("--lr", type=POSITIVE, default=d(5e-4), help="stage-1 learning rate")

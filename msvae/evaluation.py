@@ -259,10 +259,11 @@ def traversal_report(model, classifier, images: Tensor, mu: Tensor, factors: np.
     return report
 
 
-def dsprites_factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
-                               seed: int = 0, steps: int = 2000, precision: str = "auto",
-                               progress: bool = True):
-    """The dSprites factor classifier (``msvae.models.factor_classifier``) of ``dataset.factor_classes``,
+def factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
+                      seed: int = 0, steps: int = 2000, precision: str = "auto",
+                      progress: bool = True):
+    """The factor classifier (``msvae.models.factor_classifier``) of a dataset with factors
+    (``DSprites``, ``DigitImages``: ``factors``, ``factor_classes``, ``class_sizes``, ``channels``),
     trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
     ``training.resolve_precision``) and cached; returns it and its accuracy per factor on 2,000 of
     ``test_indices``."""
@@ -271,16 +272,18 @@ def dsprites_factor_classifier(dataset, train_indices: np.ndarray, test_indices:
     precision = resolve_precision(precision, "cpu")
 
     test = np.random.default_rng(seed).choice(test_indices, min(2000, len(test_indices)), replace=False)
-    settings = {"dataset": "dsprites" if dataset.path is None else f"dsprites:{dataset.path}",
+    name = type(dataset).__name__.lower()
+    path = getattr(dataset, "path", None)
+    settings = {"dataset": name if path is None else f"{name}:{path}",
                 "train": _digest(train_indices), "test": _digest(test),
                 "steps": steps, "seed": seed, "precision": precision}
 
     def classes_of(indices: np.ndarray) -> np.ndarray:
         return dataset.factor_classes(dataset.factors(indices))
 
-    return cached_factor_classifier("dsprites", settings, lambda: train_factor_classifier(
+    return cached_factor_classifier(name, settings, lambda: train_factor_classifier(
         dataset.images, classes_of, dataset.class_sizes, train_indices, test, steps=steps,
-        seed=seed, precision=precision, progress=progress))
+        seed=seed, precision=precision, progress=progress, channels=getattr(dataset, "channels", 1)))
 
 
 def _digest(indices: np.ndarray) -> str:

@@ -141,6 +141,9 @@ class BetaVAELoss(nn.Module):
     def forward(self, x, x_logits_or_mean, z, mu, logvar):
         return beta_vae_loss(x, x_logits_or_mean, z, mu, logvar, beta=self.beta, recon=self.recon)
 
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
 
 class BetaTCVAELoss(nn.Module):
     """Module form of ``beta_tcvae_loss``; ``dataset_size`` is N, the training-set size."""
@@ -469,4 +472,6 @@ class DecompositionLoss(nn.Module):
                                   backend=self.backend, process_group=self.process_group)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, alpha={self.alpha}, divergence={self.divergence!r}"
+        prior = as_distribution(self.prior)
+        return (f"prior={type(self.prior).__name__}{list(prior.event_shape)}, beta={self.beta}, "
+                f"alpha={self.alpha}, divergence={self.divergence!r}")

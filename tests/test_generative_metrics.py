@@ -6,7 +6,7 @@ import torch
 
 from msvae import metrics
 from msvae.data import CLASS_SIZES, DSprites, factor_classes
-from msvae.evaluation import dsprites_factor_classifier
+from msvae.evaluation import factor_classifier
 from msvae.models.factor_classifier import FactorClassifier
 
 
@@ -119,7 +119,7 @@ def test_factor_classes_are_coarse_and_respect_the_squares_symmetry():
 def classifier():
     dataset = DSprites()
     train, test = DSprites.split(0.1, seed=0)
-    model, accuracy = dsprites_factor_classifier(dataset, train, test, steps=150, progress=False)
+    model, accuracy = factor_classifier(dataset, train, test, steps=150, progress=False)
     return dataset, test, model, accuracy
 
 
@@ -128,7 +128,7 @@ def test_factor_classifier_is_trained_seeded_and_cached(classifier):
     assert isinstance(model, FactorClassifier) and len(accuracy) == 5
     assert accuracy[3] > 0.5 and accuracy[4] > 0.5  # positions are easy; chance is 1/8
     train, _ = DSprites.split(0.1, seed=0)
-    again, again_accuracy = dsprites_factor_classifier(dataset, train, test, steps=150, progress=False)
+    again, again_accuracy = factor_classifier(dataset, train, test, steps=150, progress=False)
     assert again_accuracy == accuracy  # loaded from the cache
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)

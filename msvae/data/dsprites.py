@@ -251,6 +251,7 @@ class DSprites(Dataset):
     """
 
     factor_names = FACTOR_NAMES
+    channels = 1
     factor_sizes = FACTOR_SIZES
 
     def __init__(self, path: str | os.PathLike | None = None):

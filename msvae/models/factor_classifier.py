@@ -67,15 +67,15 @@ def train_factor_classifier(render: Callable[[np.ndarray], Tensor], classes_of: 
                             class_sizes: Sequence[int], train_indices: np.ndarray,
                             test_indices: np.ndarray, *, steps: int = 2000, batch_size: int = 128,
                             lr: float = 2e-3, seed: int = 0, precision: str = "fp32",
-                            progress: bool = True) -> tuple[FactorClassifier, list[float]]:
+                            progress: bool = True, channels: int = 1) -> tuple[FactorClassifier, list[float]]:
     """Trains a ``FactorClassifier`` on random batches of the images ``render(indices)`` with labels
-    ``classes_of(indices) [n, K]`` (channels-last; ``precision`` as in ``training.autocast``; the
+    ``classes_of(indices) [n, K]`` (``channels`` per image; channels-last; ``precision`` as in ``training.autocast``; the
     progress convention of ``training.run_steps``); returns it (in eval mode, float32) and its
     accuracy per factor on ``test_indices``."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FactorClassifier(class_sizes).to(memory_format=torch.channels_last)
+        model = FactorClassifier(class_sizes, channels).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=max(steps, 1))
         model.train()
