@@ -28,6 +28,7 @@ from torch.utils.data import Subset
 
 from msvae.data import DSprites
 from msvae.data.images import DigitImages, ImageFiles
+from msvae.data.shapes3d import Shapes3D
 from msvae.distributed import broadcast_object, rank_and_size
 from msvae.evaluation import (disentanglement_report, encode_images, factor_classifier,
                               reconstruction_summary, sample_report, save_multistage_figures,
@@ -196,20 +197,23 @@ def _read_config(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-DATASETS = ("dsprites", "digits")
+DATASETS = ("dsprites", "shapes3d", "digits")
 
 
 def _resolve_data(config: dict) -> None:
     """``config["dataset"]``: ``"files"`` with ``--data``, else ``--dataset`` (default dsprites)."""
     if config.get("data"):
-        if config.get("dataset") not in (None, "files") or config.get("dsprites"):
-            raise SystemExit("msvae: --data (your own images) cannot be combined with --dataset or --dsprites")
+        if config.get("dataset") not in (None, "files") or config.get("dsprites") or config.get("shapes3d"):
+            raise SystemExit("msvae: --data (your own images) cannot be combined with --dataset, "
+                             "--dsprites or --shapes3d")
         config["dataset"] = "files"
-        _dataset(config)  # a path that cannot be read is refused before the run folder is written
     else:
         config["dataset"] = config.get("dataset") or "dsprites"
-        if config["dataset"] != "dsprites" and config.get("dsprites"):
-            raise SystemExit("msvae: --dsprites is the dSprites file; it goes with --dataset dsprites only")
+        for name in ("dsprites", "shapes3d"):
+            if config["dataset"] != name and config.get(name):
+                raise SystemExit(f"msvae: --{name} is the {name} file; it goes with --dataset {name} only")
+    if config.get("data") or config.get("shapes3d"):
+        _dataset(config)  # a file that cannot be read is refused before the run folder is written
 
 
 def _dataset(config: dict):
@@ -221,6 +225,11 @@ def _dataset(config: dict):
             raise SystemExit(f"msvae: --data {config['data']}: {error}") from None
     if config.get("dataset", "dsprites") == "digits":
         return DigitImages()
+    if config.get("dataset") == "shapes3d":
+        try:
+            return Shapes3D(config.get("shapes3d"))
+        except ValueError as error:
+            raise SystemExit(f"msvae: --shapes3d: {error}") from None
     return DSprites(config.get("dsprites"))
 
 
@@ -498,8 +507,10 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda value: value) if defaults else (lambda value: None)
     parser.add_argument("--out", required=True, help="run folder (created; reused to resume)")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="dsprites (737,280 images with 5 factors) or digits (scikit-learn's "
-                             "1,797 handwritten digits upscaled to 64x64; the digit is their factor)")
+                        help="dsprites (737,280 binary images, 5 factors), shapes3d (480,000 RGB "
+                             "images, 6 factors, rendered) or digits (scikit-learn's 1,797 "
+                             "handwritten digits upscaled to 64x64; the digit is their factor)")
+    parser.add_argument("--shapes3d", default=None, help="official 3dshapes.h5 (default: rendered procedurally; needs h5py)")
     parser.add_argument("--data", default=None,
                         help="your own images instead: a folder of image files or an .npy / .npz "
                              "array (centre-cropped, resized to 64x64; grey or RGB); no factors, "
