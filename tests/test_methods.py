@@ -110,3 +110,24 @@ def test_decomposition_benchmark_resumes_and_summarises(tmp_path, capsys):
         decomposition_benchmark.main(other)
     first = json.loads(rows[0])
     assert first["settings"]["steps"] == 20 and first["scores"]["recon"] > 0
+
+
+def test_headline_benchmark_resumes_and_checks_the_claim(tmp_path):
+    pytest.importorskip("matplotlib")
+    from msvae import headline_benchmark
+
+    argv = ["compare-methods", "--out", str(tmp_path), "--datasets", "dsprites", "--methods", "vae",
+            "betatcvae6", "--seeds", "0", "--stage1-steps", "2", "--stage2-steps", "2", "--eval-size", "40",
+            "--quiet", "--threads", "1"]
+    cli.main(argv)
+    rows = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(r)["method"] for r in rows] == ["vae", "betatcvae6"]
+    summary = json.loads((tmp_path / "summary.json").read_text())["dsprites"]
+    assert set(summary["methods"]) == {"vae", "betatcvae6"}
+    assert isinstance(summary["tcvae6_full_beats_vae_stage1"], bool)
+    assert (tmp_path / "plane_dsprites.png").stat().st_size > 1000
+    cli.main(argv)  # finished: nothing is trained again
+    assert (tmp_path / "runs.jsonl").read_text().splitlines() == rows
+    with pytest.raises(ValueError, match="other settings"):
+        headline_benchmark.run(tmp_path, ("dsprites",), ("vae",), seeds=(1,), stage1_steps=3, stage2_steps=2,
+                               eval_size=40, progress=False)
