@@ -112,6 +112,15 @@ def test_decomposition_benchmark_resumes_and_summarises(tmp_path, capsys):
     assert first["settings"]["steps"] == 20 and first["scores"]["recon"] > 0
 
 
+def test_decomposition_benchmark_with_a_second_stage_reports_its_reconstruction(tmp_path):
+    pytest.importorskip("matplotlib")
+    decomposition_benchmark.main(["--out", str(tmp_path), "--experiments", "sparse", "--seeds", "0",
+                                  "--steps", "30", "--stage2-steps", "30", "--quiet"])
+    rows = [json.loads(r) for r in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert all(r["settings"]["stage2_steps"] == 30 and r["scores"]["full_recon"] > 0 for r in rows)
+    assert "full_recon" in (tmp_path / "summary.md").read_text()
+
+
 def test_headline_benchmark_resumes_and_checks_the_claim(tmp_path):
     pytest.importorskip("matplotlib")
     from msvae import headline_benchmark
