@@ -210,9 +210,9 @@ def _resolve_data(config: dict) -> None:
         config["dataset"] = "files"
     else:
         config["dataset"] = config.get("dataset") or "dsprites"
-        for name in ("dsprites", "shapes3d"):
+        for name, title in (("dsprites", "dSprites"), ("shapes3d", "3D Shapes")):
             if config["dataset"] != name and config.get(name):
-                raise SystemExit(f"msvae: --{name} is the {name} file; it goes with --dataset {name} only")
+                raise SystemExit(f"msvae: --{name} is the {title} file; it goes with --dataset {name} only")
     if config.get("data") or config.get("shapes3d"):
         _dataset(config)  # a file that cannot be read is refused before the run folder is written
 

@@ -125,6 +125,8 @@ def test_fit_on_the_digits_scores_the_digit_factor(tmp_path):
     (["--data", "imgs", "--dataset", "digits"], "--data .* cannot be combined"),
     (["--dataset", "digits", "--dsprites", "x.npz"], "--dsprites is the dSprites file"),
     (["--data", "missing"], "--data missing: missing does not exist"),
+    (["--dataset", "dsprites", "--shapes3d", "x.h5"], "--shapes3d is the 3D Shapes file"),
+    (["--data", "imgs", "--shapes3d", "x.h5"], "--data .* cannot be combined"),
 ])
 def test_dataset_options_that_do_not_fit_are_refused(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
