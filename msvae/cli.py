@@ -337,7 +337,8 @@ def _minutes(value: float | None) -> float | None:
 
 
 def stage1(args: argparse.Namespace) -> dict:
-    """Trains and evaluates a stage-1 beta-TCVAE on dSprites; returns the metrics (on the first
+    """Trains and evaluates a stage 1 (``--method``, default beta-TCVAE) on ``--dataset`` / ``--data``;
+    returns the metrics (on the first
     process of a torchrun launch; {} on the others)."""
     config = {k: v for k, v in vars(args).items() if k != "func"}
     _resolve_method(config)
@@ -373,7 +374,8 @@ def stage1(args: argparse.Namespace) -> dict:
 
 
 def fit(args: argparse.Namespace) -> dict:
-    """Fits both stages on dSprites from a preset, evaluates on held-out images, draws figures.
+    """Fits both stages on ``--dataset`` / ``--data`` from a preset, evaluates on held-out images,
+    draws figures.
     Under ``torchrun`` every process trains its share of each global batch (``--batch-size``)
     and the first alone writes the run folder and evaluates (the others return {})."""
     config = {**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
@@ -590,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    f = commands.add_parser("fit", help="fit stage 1 then stage 2 on dSprites, evaluate, draw figures")
+    f = commands.add_parser("fit", help="fit stage 1 then stage 2 (dSprites, 3D Shapes, digits or your images), evaluate, draw figures")
     f.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: 4,400 + 2,000 steps (about 18 min on a 2-core CPU); "
                         "paper: full length, for a GPU")
@@ -692,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--quiet", action="store_true", help="no progress bars")
     cm.set_defaults(func=compare_methods)
 
-    s1 = commands.add_parser("stage1", help="train and evaluate a stage-1 beta-TCVAE on dSprites")
+    s1 = commands.add_parser("stage1", help="train and evaluate a stage 1 alone (any --method, any dataset)")
     _common(s1, defaults=True)
     s1.add_argument("--steps", type=POSITIVE_INT, default=300_000, help="number of steps")
     s1.add_argument("--minutes", type=POSITIVE, default=None, help="stop training after this many minutes")
