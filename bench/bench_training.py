@@ -22,12 +22,13 @@ import time
 
 import numpy as np
 import torch
-from common import markdown_table, peak_rss_bytes, release_free_heap, reset_peak_rss, run_metadata, write_results
+from common import (markdown_table, peak_rss_bytes, release_free_heap, reset_peak_rss, run_metadata,
+                    vae_training_step, write_results)
 
 from msvae.data import DSprites
 from msvae.losses import BetaTCVAELoss
 from msvae.models import DisentangledVAE
-from msvae.models.training import RandomBatches, autocast, flush_denormals, resolve_precision
+from msvae.models.training import RandomBatches, flush_denormals, resolve_precision
 
 
 def make_steps(batch_size: int):
@@ -45,24 +46,13 @@ def make_steps(batch_size: int):
             batches = RandomBatches(dataset, batch_size, torch.Generator().manual_seed(0), model.device)
 
             def step(model=model, optimizer=optimizer, loss_fn=loss_fn, batches=batches, precision=precision):
-                x = next(batches)
-                with autocast(x.device, precision):
-                    out = model(x)
-                total, _ = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
+                vae_training_step(model, optimizer, loss_fn, next(batches), precision)
         else:
             loss_fn = BetaTCVAELoss(dataset_size=len(dataset), beta=6.0, backend="reference")
             rng = np.random.default_rng(0)
 
             def step(model=model, optimizer=optimizer, loss_fn=loss_fn, rng=rng):
-                x = dataset.images(rng.integers(0, len(dataset), batch_size))
-                out = model(x)
-                total, _ = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
-                optimizer.zero_grad()
-                total.backward()
-                optimizer.step()
+                vae_training_step(model, optimizer, loss_fn, dataset.images(rng.integers(0, len(dataset), batch_size)))
         steps[mode] = step
     return steps
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import markdown_table, measure_modes, run_metadata, write_results
+from common import markdown_table, measure_modes, run_metadata, vae_training_step, write_results
 
 from msvae.data import DSprites
 from msvae.losses import BetaTCVAELoss
 from msvae.models import MultiStageModel
 from msvae.models.stage2 import sampled_stage1_output
-from msvae.models.training import autocast
 
 VARIANTS = [("contiguous", "fp32", "kept"), ("contiguous", "fp32", "flushed"),
             ("channels_last", "fp32", "flushed"), ("channels_last", "bf16", "flushed"),
@@ -55,12 +54,7 @@ def make_steps(batch_size: int, device: str, path: str | None):
 
         def stage1_step(first=first, x=x, opt1=opt1, precision=precision):
             first.train()
-            with autocast(x.device, precision):
-                out = first(x)
-            total, _ = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
-            opt1.zero_grad(set_to_none=True)
-            total.backward()
-            opt1.step()
+            vae_training_step(first, opt1, loss_fn, x, precision)
 
         def stage2_step(first=first, second=second, x=x, opt2=opt2, precision=precision):
             first.eval()

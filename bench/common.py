@@ -125,3 +125,16 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str | None]])
             line += f" {r['note']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def vae_training_step(model, optimizer, loss_fn, x, precision: str = "fp32") -> None:
+    """One training step of a ``DisentangledVAE``: forward under ``precision`` autocast
+    (``msvae.models.training.autocast``), the loss, backward, the optimiser's step."""
+    from msvae.models.training import autocast
+
+    with autocast(x.device, precision):
+        out = model(x)
+    total, _ = loss_fn(x, out["output"], out["z"], out["mu"], out["logvar"])
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
