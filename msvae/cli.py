@@ -254,7 +254,8 @@ def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndar
               classifier_steps: int = CLASSIFIER_STEPS) -> dict:
     """Held-out metrics (``metrics.json``): reconstruction, ``nll_bound``, disentanglement of ``z``
     and, for a multi-stage model, ``samples``, ``w_leak`` and ``traversal_fidelity``, judged by
-    the dSprites factor classifier (trained on the training images on first use, then cached)."""
+    the dataset's factor classifier (trained on the training images on first use, then cached);
+    for data without factors only reconstruction, ``nll_bound`` and KL per latent (``skipped``)."""
     encoded = encode_images(model, dataset.images, eval_idx, seed=seed)
     results = {**reconstruction_summary(encoded, getattr(model, "stage2", None)),
                "held_out_images": len(eval_idx)}

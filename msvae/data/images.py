@@ -23,7 +23,8 @@ SIZE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _random_split(n: int, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def random_split(n: int, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train, held_out)`` indices of ``n`` rows, ``round(fraction * n)`` held out at random."""
     if not 0.0 <= held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
     permutation = np.random.default_rng(seed).permutation(n)
@@ -49,7 +50,7 @@ class _Images(Dataset):
 
     def split(self, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A reproducible random split into sorted ``(train, held_out)`` index arrays."""
-        return _random_split(len(self), held_out_fraction, seed)
+        return random_split(len(self), held_out_fraction, seed)
 
     def _indices(self, indices) -> np.ndarray:
         indices = np.asarray(indices)

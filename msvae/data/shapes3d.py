@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from msvae.data.images import random_split
+
 FACTOR_NAMES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 FACTOR_SIZES = (10, 10, 10, 8, 4, 15)
 NUM_IMAGES = math.prod(FACTOR_SIZES)
@@ -229,8 +231,4 @@ class Shapes3D(Dataset):
     @staticmethod
     def split(held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A reproducible random split into sorted ``(train, held_out)`` index arrays."""
-        if not 0.0 <= held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
-        permutation = np.random.default_rng(seed).permutation(NUM_IMAGES)
-        held = round(held_out_fraction * NUM_IMAGES)
-        return np.sort(permutation[held:]), np.sort(permutation[:held])
+        return random_split(NUM_IMAGES, held_out_fraction, seed)
