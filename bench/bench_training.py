@@ -2,15 +2,17 @@
 as msvae's ``fit`` runs it, against a plain eager PyTorch step with the same network, loss and
 batch, as the peer libraries write it (disentangling-vae, disent: images rendered on the step's
 thread, contiguous NCHW, float32, the loss's minibatch estimator materialising the B x B x D
-tensor: ``backend="reference"``).
+tensor: ``backend="reference"``; the decoder's last layer torch's ``nn.ConvTranspose2d``).
 
 msvae's step: ``RandomBatches`` (procedural rendering), channels-last images and weights,
-subnormals flushed, ``--precision auto`` (bf16 autocast on AMX CPUs, else float32), the fused
-``mixture_log_density`` in the loss. Per batch size and thread count the two steps alternate
-for ``--rounds`` rounds after a warm-up; medians; peak memory is the rise of the process's peak
-RSS over one step (as ``bench_tc.py``). Writes ``bench/results/training_<device>_<time>.json``.
+subnormals flushed, ``--precision auto`` (bf16 autocast on CPUs with AMX, else float32), the
+fused ``mixture_log_density`` in the loss, the decoder's ``ToImageConvTranspose2d``. Per batch
+size and thread count the two steps alternate for ``--rounds`` rounds after a warm-up, a round
+timing as many consecutive steps as fill about a second; medians; peak memory is the rise of
+the process's peak RSS over a round (as ``bench_tc.py``). Writes
+``bench/results/training_<device>_<time>.json``.
 
-    python bench/bench_training.py [--batch-sizes 64 256 1024 4096] [--threads 1 2] [--rounds 3]
+    python bench/bench_training.py [--batch-sizes 64 256 1024 4096] [--threads 1 2] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 from common import (markdown_table, peak_rss_bytes, release_free_heap, reset_peak_rss, run_metadata,
                     vae_training_step, write_results)
 
@@ -48,6 +51,8 @@ def make_steps(batch_size: int):
             def step(model=model, optimizer=optimizer, loss_fn=loss_fn, batches=batches, precision=precision):
                 vae_training_step(model, optimizer, loss_fn, next(batches), precision)
         else:
+            last = model.decoder.deconvs[-1]
+            last.__class__ = nn.ConvTranspose2d  # torch's own layer, as a peer's network has it
             loss_fn = BetaTCVAELoss(dataset_size=len(dataset), beta=6.0, backend="reference")
             rng = np.random.default_rng(0)
 
@@ -57,11 +62,16 @@ def make_steps(batch_size: int):
     return steps
 
 
-def measure(steps: dict, rounds: int) -> dict:
-    """{mode: (median seconds, peak extra bytes)}; modes alternate, each warmed up first."""
+def measure(steps: dict, rounds: int, round_seconds: float = 1.0) -> dict:
+    """{mode: (median seconds a step, peak extra bytes)}; modes alternate, each warmed up first;
+    a round of a mode times as many consecutive steps as fill about ``round_seconds``."""
+    repeats = {}
     for mode, step in steps.items():
         with flush_denormals() if mode == "msvae" else contextlib.nullcontext():
             step()
+            start = time.perf_counter()
+            step()
+            repeats[mode] = max(1, round(round_seconds / (time.perf_counter() - start)))
     seconds = {mode: [] for mode in steps}
     peaks = {mode: 0 for mode in steps}
     for _ in range(rounds):
@@ -72,8 +82,9 @@ def measure(steps: dict, rounds: int) -> dict:
             base = peak_rss_bytes()
             with flush_denormals() if mode == "msvae" else contextlib.nullcontext():
                 start = time.perf_counter()
-                step()
-                seconds[mode].append(time.perf_counter() - start)
+                for _ in range(repeats[mode]):
+                    step()
+                seconds[mode].append((time.perf_counter() - start) / repeats[mode])
             peaks[mode] = max(peaks[mode], peak_rss_bytes() - base)
     return {mode: (statistics.median(seconds[mode]), peaks[mode]) for mode in steps}
 
@@ -82,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     rows = []
     for threads in args.threads:

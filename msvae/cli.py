@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ from msvae.data.shapes3d import Shapes3D
 from msvae.distributed import broadcast_object, rank_and_size
 from msvae.evaluation import (disentanglement_report, encode_images, factor_classifier,
                               reconstruction_summary, sample_report, save_multistage_figures,
-                              save_stage1_figures, traversal_report, w_leak_report)
+                              save_stage1_figures, train_factor_classifier_in_background,
+                              traversal_report, w_leak_report)
 from msvae.losses import DIVERGENCES, gaussian_kl
 from msvae.methods import METHOD_OPTIONS, METHODS, PRIORS, stage1_loss
 from msvae.models import DisentangledVAE, MultiStageModel
@@ -42,11 +44,13 @@ from msvae.models.training import PRECISIONS, flush_denormals, keep_freed_memory
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # ``msvae fit`` presets; any option given on the command line overrides its preset's value.
 PRESETS = {
-    # The whole pipeline on a 2-core CPU (18 minutes measured here beside another heavy job, bf16
-    # on one thread). Bounded by steps, not minutes, so a busy machine trains as long, only slower.
+    # The whole pipeline on a 2-core CPU: 8 min 11 s idle on an AVX512 EPYC (float32, one thread,
+    # the factor classifier trained meanwhile on the other core; 3,600 + 1,500 steps are what fit
+    # in 10 minutes there with a margin). Bounded by steps, not minutes, so a busy
+    # machine trains the same model, only slower.
     "quick": dict(stage2="vae", latent_dim=10, w_dim=16, method="betatcvae",
                   method_options=dict(alpha=1.0, beta=6.0, gamma=1.0, estimator="mss"), batch_size=64, lr=1e-3, stage2_lr=1e-3, warmup=500,
-                  stage1_steps=4400, stage1_minutes=None, stage2_steps=2000,
+                  stage1_steps=3600, stage1_minutes=None, stage2_steps=1500,
                   stage2_minutes=None, free_bits=0.0, kl_warmup=500, w_encoder="pooled",
                   w_centred=True, w_centring="neighbours", components=8, eval_size=2000,
                   precision="auto"),
@@ -249,12 +253,31 @@ def _data(config: dict) -> tuple:
     return dataset, train_idx, test_idx, eval_idx
 
 
+def _classifier_in_background(config: dict, dataset, train_idx, test_idx, rank: int):
+    """The factor classifier that will judge the samples, trained meanwhile in a process of its
+    own when the machine has a core this run leaves idle (``evaluation.
+    train_factor_classifier_in_background``; the classifier is the one the evaluation would
+    train); None when it is cached, not needed, or there is no spare core."""
+    if rank != 0 or dataset.factor_names is None:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= (config["threads"] if config["device"] == "cpu" else 0):
+        return None
+    future = train_factor_classifier_in_background(dataset, train_idx, test_idx, seed=config["seed"],
+                                                   steps=config["classifier_steps"])
+    if future is not None and not config["quiet"]:
+        print("factor classifier: training in a background process (for the evaluation; cached)",
+              file=sys.stderr, flush=True)
+    return future
+
+
 def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndarray,
               eval_idx: np.ndarray, seed: int, progress: bool = True,
-              classifier_steps: int = CLASSIFIER_STEPS) -> dict:
+              classifier_steps: int = CLASSIFIER_STEPS, classifier=None) -> dict:
     """Held-out metrics (``metrics.json``): reconstruction, ``nll_bound``, disentanglement of ``z``
     and, for a multi-stage model, ``samples``, ``w_leak`` and ``traversal_fidelity``, judged by
-    the dataset's factor classifier (trained on the training images on first use, then cached);
+    the dataset's factor classifier (trained on the training images on first use, then cached;
+    ``classifier``: the future of its training in the background, ``_classifier_in_background``);
     for data without factors only reconstruction, ``nll_bound`` and KL per latent (``skipped``)."""
     encoded = encode_images(model, dataset.images, eval_idx, seed=seed)
     results = {**reconstruction_summary(encoded, getattr(model, "stage2", None)),
@@ -271,7 +294,8 @@ def _evaluate(model, dataset: DSprites, train_idx: np.ndarray, test_idx: np.ndar
     if isinstance(model, MultiStageModel):
         names = dataset.factor_names
         classifier, accuracy = factor_classifier(dataset, train_idx, test_idx, seed=seed,
-                                                 steps=classifier_steps, progress=progress)
+                                                 steps=classifier_steps, progress=progress,
+                                                 background=classifier)
         images = dataset.images(eval_idx)
         results["samples"] = {**sample_report(model, classifier, images, names, dataset.class_sizes,
                                               seed=seed),
@@ -392,6 +416,7 @@ def fit(args: argparse.Namespace) -> dict:
         _first_rank(group, lambda: _record_config(_out_folder(out), config))
         torch.set_num_threads(config["threads"])
         dataset, train_idx, test_idx, eval_idx = _data(config)
+        classifier = _classifier_in_background(config, dataset, train_idx, test_idx, rank)
         torch.manual_seed(config["seed"])  # the model's initial weights
         model = MultiStageModel.for_images(config["latent_dim"], channels=dataset.channels, stage2=config["stage2"],
                                            **stage2_options(config)).to(_process_device(config, group))
@@ -408,7 +433,8 @@ def fit(args: argparse.Namespace) -> dict:
     model.save(out / "model.pt")
     _write_json(out / "history.json", model.history)
     results = {**_evaluate(model, dataset, train_idx, test_idx, eval_idx, config["seed"],
-                           progress=not config["quiet"], classifier_steps=config["classifier_steps"]),
+                           progress=not config["quiet"], classifier_steps=config["classifier_steps"],
+                           classifier=classifier),
                "steps": {stage: h[-1]["step"] if h else 0 for stage, h in model.history.items()},
                "train_seconds": _train_seconds(model.history.values())}
     _write_json(out / "metrics.json", results)
@@ -595,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = commands.add_parser("fit", help="fit stage 1 then stage 2 (dSprites, 3D Shapes, digits or your images), evaluate, draw figures")
     f.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: 4,400 + 2,000 steps (about 18 min on a 2-core CPU); "
+                   help="quick: 3,600 + 1,500 steps (8-10 min on an idle 2-core CPU); "
                         "paper: full length, for a GPU")
     _common(f, defaults=False)
     f.add_argument("--stage2", choices=["vae", "flow", "gan", "mog"], default=None,

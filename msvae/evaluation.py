@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
 
@@ -259,17 +260,10 @@ def traversal_report(model, classifier, images: Tensor, mu: Tensor, factors: np.
     return report
 
 
-def factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
-                      seed: int = 0, steps: int = 2000, precision: str = "auto",
-                      progress: bool = True):
-    """The factor classifier (``msvae.models.factor_classifier``) of a dataset with factors
-    (``DSprites``, ``DigitImages``: ``factors``, ``factor_classes``, ``class_sizes``, ``channels``),
-    trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
-    ``training.resolve_precision``) and cached; returns it and its accuracy per factor on 2,000 of
-    ``test_indices``."""
-    from msvae.models.factor_classifier import cached_factor_classifier, train_factor_classifier
-
-    precision = resolve_precision(precision, "cpu")
+def _classifier_job(dataset, train_indices: np.ndarray, test_indices: np.ndarray, seed: int,
+                    steps: int, precision: str, progress: bool):
+    """(cache name, settings, trainer) of ``factor_classifier``'s classifier."""
+    from msvae.models.factor_classifier import train_factor_classifier
 
     test = np.random.default_rng(seed).choice(test_indices, min(2000, len(test_indices)), replace=False)
     name = type(dataset).__name__.lower()
@@ -281,9 +275,64 @@ def factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarr
     def classes_of(indices: np.ndarray) -> np.ndarray:
         return dataset.factor_classes(dataset.factors(indices))
 
-    return cached_factor_classifier(name, settings, lambda: train_factor_classifier(
+    return name, settings, lambda: train_factor_classifier(
         dataset.images, classes_of, dataset.class_sizes, train_indices, test, steps=steps,
-        seed=seed, precision=precision, progress=progress, channels=getattr(dataset, "channels", 1)))
+        seed=seed, precision=precision, progress=progress, channels=getattr(dataset, "channels", 1))
+
+
+def factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
+                      seed: int = 0, steps: int = 2000, precision: str = "auto",
+                      progress: bool = True, background: "Future | None" = None):
+    """The factor classifier (``msvae.models.factor_classifier``) of a dataset with factors
+    (``DSprites``, ``DigitImages``: ``factors``, ``factor_classes``, ``class_sizes``, ``channels``),
+    trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
+    ``training.resolve_precision``) and cached; returns it and its accuracy per factor on 2,000 of
+    ``test_indices``. ``background``: the future of ``train_factor_classifier_in_background``
+    for the same arguments, waited for first (if it failed, the classifier is trained here)."""
+    from msvae.models.factor_classifier import cached_factor_classifier
+
+    if background is not None:
+        try:
+            background.result()
+        except Exception as error:  # noqa: BLE001 - whatever went wrong there, train it here
+            warnings.warn(f"the factor classifier's background training failed ({error!r}); "
+                          f"training it now")
+    return cached_factor_classifier(*_classifier_job(dataset, train_indices, test_indices, seed, steps,
+                                                     resolve_precision(precision, "cpu"), progress))
+
+
+def _train_and_cache(dataset, train_indices, test_indices, seed, steps, precision) -> None:
+    """Runs in the background process: one thread, the classifier trained and cached."""
+    from msvae.models.factor_classifier import cached_factor_classifier
+    from msvae.models.training import keep_freed_memory
+
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    cached_factor_classifier(*_classifier_job(dataset, train_indices, test_indices, seed, steps,
+                                              precision, False))
+
+
+def train_factor_classifier_in_background(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
+                                          seed: int = 0, steps: int = 2000,
+                                          precision: str = "auto") -> "Future | None":
+    """Starts training ``factor_classifier``'s classifier (same arguments) in a separate process
+    of one thread, into the cache, and returns its future; None when it is cached already. For a
+    core that would idle while ``fit`` trains on one thread: the quick preset's classifier (2,000
+    steps, ~105 s on one core) is then ready when the evaluation starts. The result does not
+    depend on whether it ran there or here (same seed, settings and thread count)."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from msvae.models.factor_classifier import cached_factor_classifier_path
+
+    precision = resolve_precision(precision, "cpu")
+    name, settings, _ = _classifier_job(dataset, train_indices, test_indices, seed, steps, precision, False)
+    if cached_factor_classifier_path(name, settings).exists():
+        return None
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(_train_and_cache, dataset, train_indices, test_indices, seed, steps, precision)
+    pool.shutdown(wait=False)  # the worker exits when its one job is done
+    return future
 
 
 def _digest(indices: np.ndarray) -> str:

@@ -3,7 +3,9 @@ on dSprites and 3D Shapes over several seeds; one table and one figure per datas
 MIG-vs-reconstruction plane with an arrow from each stage-1 point to its multi-stage point.
 
 Every run gets the same number of steps (``PRESETS``: equal steps, not minutes, so a busy machine
-gives the same table, only later; the minutes each run took are reported beside it). ``run``
+gives the same table, only later; the minutes each run took are reported beside it), in float32
+(not ``--precision auto``: a sweep resumed on a machine with other bfloat16 support continues the
+same arithmetic). ``run``
 appends a line per finished (dataset, method, seed) to ``out/runs.jsonl`` and skips those there;
 an interrupted run resumes from its checkpoints under ``out/checkpoints``.
 
@@ -70,7 +72,7 @@ def run_one(dataset_name: str, label: str, seed: int, out: Path, settings: dict,
               stage2_steps=settings["stage2_steps"], stage1_lr=settings["lr"], stage2_lr=settings["lr"],
               batch_size=settings["batch_size"], penalty_warmup=settings["warmup"],
               checkpoint_dir=out / "checkpoints" / f"{dataset_name}_{label}_{seed}", progress=progress,
-              seed=seed, precision="auto")
+              seed=seed, precision="fp32")
     encoded = encode_images(model, dataset.images, eval_idx, seed=0)
     summary = reconstruction_summary(encoded, model.stage2)
     report = disentanglement_report(encoded["mu"], encoded["logvar"], dataset.factors(eval_idx), seed=0)

@@ -6,7 +6,7 @@ import torch
 
 from msvae import metrics
 from msvae.data import CLASS_SIZES, DSprites, factor_classes
-from msvae.evaluation import factor_classifier
+from msvae.evaluation import factor_classifier, train_factor_classifier_in_background
 from msvae.models.factor_classifier import FactorClassifier
 
 
@@ -132,6 +132,26 @@ def test_factor_classifier_is_trained_seeded_and_cached(classifier):
     assert again_accuracy == accuracy  # loaded from the cache
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_the_classifier_trained_in_a_background_process_is_the_one_trained_here(tmp_path, monkeypatch):
+    dataset = DSprites()
+    train, test = DSprites.split(0.1, seed=0)
+    monkeypatch.setenv("MSVAE_CACHE", str(tmp_path / "here"))
+    torch.set_num_threads(1)  # the background process trains on one thread
+    here, here_accuracy = factor_classifier(dataset, train, test, steps=20, seed=3, progress=False)
+    monkeypatch.setenv("MSVAE_CACHE", str(tmp_path / "there"))  # the spawned process inherits it
+    future = train_factor_classifier_in_background(dataset, train, test, steps=20, seed=3)
+    assert future is not None
+    future.result(timeout=300)
+    assert len(list((tmp_path / "there").glob("*.pt"))) == 1  # it trained into the cache
+    there, there_accuracy = factor_classifier(dataset, train, test, steps=20, seed=3, progress=False,
+                                              background=future)
+    assert there_accuracy == here_accuracy
+    for a, b in zip(here.state_dict().values(), there.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # cached: nothing to start
+    assert train_factor_classifier_in_background(dataset, train, test, steps=20, seed=3) is None
 
 
 def test_frechet_distance_of_classifier_features(classifier):

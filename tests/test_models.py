@@ -18,6 +18,50 @@ def test_network_shapes():
     assert MLPDecoder(4, 11)(mu).shape == (5, 11)
 
 
+@pytest.mark.parametrize("size, stride, padding, channels_last", [
+    (32, 2, 1, True), (7, 2, 1, False), (5, 3, 0, True), (4, 1, 2, False)])
+def test_to_image_transposed_convolution_is_nn_conv_transpose2d(size, stride, padding, channels_last):
+    """Its matrix-product-and-fold path computes the same function, value and gradients, in float64."""
+    from torch.nn.functional import conv_transpose2d
+    from msvae.models.networks import ToImageConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = ToImageConvTranspose2d(6, 1, 4, stride, padding).double()
+    x = torch.randn(3, 6, size, size + 1, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    ours = layer(x)
+    theirs = conv_transpose2d(x, layer.weight, layer.bias, stride, padding)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(theirs)
+    grads = torch.autograd.grad(ours, (x, layer.weight, layer.bias), g)
+    expected = torch.autograd.grad(theirs, (x, layer.weight, layer.bias), g)
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    small = ToImageConvTranspose2d(2, 1, 4, stride, padding).double()
+    assert torch.autograd.gradcheck(small, (torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True),))
+    # more output channels: nn.ConvTranspose2d's own path
+    wide = ToImageConvTranspose2d(6, 3, 4, stride, padding).double()
+    torch.testing.assert_close(wide(x), conv_transpose2d(x, wide.weight, wide.bias, stride, padding))
+
+
+@pytest.mark.parametrize("layouts", [("cl", "cl"), ("cl", "contiguous"), ("contiguous", "contiguous"),
+                                     ("one", "one"), ("one", "cl")])
+def test_cat_channels_is_torch_cat_along_channels(layouts):
+    from msvae.models.networks import cat_channels
+
+    torch.manual_seed(0)
+    made = []
+    for layout in layouts:
+        t = torch.randn(2, 1 if layout == "one" else 3, 5, 6)
+        made.append(t.contiguous(memory_format=torch.channels_last) if layout == "cl" else t)
+    ours = cat_channels(made)
+    assert torch.equal(ours, torch.cat(made, 1))
+    if all(layout == "cl" for layout in layouts):
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_networks_reject_bad_shapes():
     with pytest.raises(ValueError, match=r"x must have shape \[B, 1, 64, 64\]"):
         ConvEncoder()(torch.rand(2, 1, 32, 32))

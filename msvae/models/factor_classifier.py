@@ -105,13 +105,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MSVAE_CACHE") or Path.home() / ".cache" / "msvae")
 
 
+def cached_factor_classifier_path(name: str, settings: dict, cache: str | os.PathLike | None = None) -> Path:
+    """Where ``cached_factor_classifier`` keeps the classifier of ``name`` and ``settings``."""
+    key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True)
+                         .encode()).hexdigest()[:16]
+    return Path(cache or cache_dir()) / f"{name}_factor_classifier_{key}.pt"
+
+
 def cached_factor_classifier(name: str, settings: dict, train: Callable[[], tuple[FactorClassifier, list[float]]],
                              cache: str | os.PathLike | None = None) -> tuple[FactorClassifier, list[float]]:
     """The classifier trained by ``train()`` for ``name`` and ``settings`` (a JSON-able dict that
     determines it), loaded from the cache when it was trained before, else trained and stored."""
-    key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True)
-                         .encode()).hexdigest()[:16]
-    path = Path(cache or cache_dir()) / f"{name}_factor_classifier_{key}.pt"
+    path = cached_factor_classifier_path(name, settings, cache)
     try:
         state = load_checkpoint(path)
     except ValueError:  # a corrupt cache entry is trained again

@@ -8,12 +8,44 @@ float32 (``full_precision``), so every loss is computed in float32.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 def full_precision(x: Tensor) -> Tensor:
     """``x`` in float32 if autocast left it in a half type (bfloat16/float16), else unchanged."""
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def cat_channels(images: list[Tensor]) -> Tensor:
+    """``torch.cat(images, 1)`` for ``[B, C_i, H, W]`` images: when all are channels-last, a cat
+    along the last dimension of their ``[B, H, W, C_i]`` views, which is the same tensor (channels-
+    last) and on the CPU ~30x faster than torch's cat along C of channels-last tensors (two
+    ``[64, 32, 32, 32]``: 0.7 ms against 22 ms, torch 2.13, one thread)."""
+    if (not all(t.is_contiguous() for t in images)  # one channel: both layouts; plain cat is fast
+            and all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in images)):
+        return torch.cat([t.permute(0, 2, 3, 1) for t in images], 3).permute(0, 3, 1, 2)
+    return torch.cat(images, 1)
+
+
+class ToImageConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters and function) for a last layer to one channel: on
+    the CPU computed as one matrix product of the input's pixels with the weight and a col2im
+    (``F.fold``), which oneDNN does slowly for a single output channel (``[64, 64, 32, 32]`` to
+    ``[64, 1, 64, 64]``, one thread: 13.6 against 4.9 ms forward, 19.6 against 13.7 ms forward and
+    backward). More output channels, or another device, take ``nn.ConvTranspose2d``'s path (the
+    fold is slower from 3 channels on)."""
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        if (x.device.type != "cpu" or self.out_channels != 1 or x.dim() != 4 or output_size is not None
+                or self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)):
+            return super().forward(x, output_size)
+        B, C, H, W = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        cols = x.permute(0, 2, 3, 1).reshape(B, H * W, C) @ self.weight.reshape(C, kh * kw)
+        y = F.fold(cols.transpose(1, 2), ((H - 1) * sh - 2 * ph + kh, (W - 1) * sw - 2 * pw + kw),
+                   self.kernel_size, stride=self.stride, padding=self.padding)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
 
 def _check_image(x: Tensor, channels: int, name: str = "x") -> None:
@@ -55,7 +87,8 @@ class ConvDecoder(nn.Module):
         deconvs = []
         for i in range(4):
             last = i == 3
-            deconvs.append(nn.ConvTranspose2d(width, channels if last else width, 4, stride=2, padding=1))
+            deconvs.append((ToImageConvTranspose2d if last else nn.ConvTranspose2d)(
+                width, channels if last else width, 4, stride=2, padding=1))
             if not last:
                 deconvs.append(nn.ReLU())
         self.deconvs = nn.Sequential(*deconvs)

@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from msvae.distributed import all_rows, data_parallel, process_seed, rank_and_size
 from msvae.flows import MultiScaleFlow, dequantize, quantize
 from msvae.losses import gaussian_kl, reconstruction_nll
-from msvae.models.networks import ConvEncoder, full_precision, reparameterize
+from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
+                                   reparameterize)
 from msvae.models.training import (RandomBatches, autocast, flush_denormals, kl_penalty, linear_warmup,
                                    resolve_precision, train_resumably)
 
@@ -80,8 +81,8 @@ class RefinementDecoder(nn.Module):
         self.bottleneck = nn.Sequential(nn.Linear(width * 16 + w_dim, hidden), nn.ReLU(),
                                         nn.Linear(hidden, width * 16), nn.ReLU())
         self.shifts = nn.Linear(w_dim, 3 * width) if w_dim else None
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * width, width if i < 3 else channels * components,
-                                                    4, 2, 1) for i in range(4))
+        self.ups = nn.ModuleList((nn.ConvTranspose2d if i < 3 else ToImageConvTranspose2d)(
+            2 * width, width if i < 3 else channels * components, 4, 2, 1) for i in range(4))
         if components == 1:
             nn.init.zeros_(self.ups[-1].weight)
         else:
@@ -101,7 +102,7 @@ class RefinementDecoder(nn.Module):
         h = self.bottleneck(torch.cat([h.flatten(1), w], 1)).view(-1, self.width, 4, 4)
         shifts = None if self.shifts is None else self.shifts(w).view(-1, 3, self.width, 1, 1)
         for i, up in enumerate(self.ups):
-            h = up(torch.cat([h, skips[3 - i]], 1))
+            h = up(cat_channels([h, skips[3 - i]]))
             if i < 3:
                 h = F.relu(h if shifts is None else h + shifts[:, i])
         h = full_precision(h)
@@ -142,7 +143,7 @@ def encoder_input(x: Tensor, x1_mean: Tensor) -> Tensor:
     """What a stage-2 encoder of ``w`` sees: ``[x, x1_mean, x - x1_mean]`` ``[B, 3C, H, W]``."""
     if x.shape != x1_mean.shape:
         raise ValueError(f"x {tuple(x.shape)} and x1 {tuple(x1_mean.shape)} must have one shape")
-    return torch.cat([x, x1_mean, x - x1_mean], 1)
+    return cat_channels([x, x1_mean, x - x1_mean])
 
 
 class ImageHead(nn.Module):
@@ -679,7 +680,7 @@ class ConditionalDiscriminator(nn.Module):
                                  sn(nn.Linear(hidden, 1)))
 
     def forward(self, x: Tensor, x1_mean: Tensor) -> Tensor:
-        return full_precision(self.net(torch.cat([x, x1_mean], 1)))[:, 0]
+        return full_precision(self.net(cat_channels([x, x1_mean])))[:, 0]
 
 
 class GANStage2(SecondStage):
