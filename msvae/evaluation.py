@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -282,7 +283,7 @@ def _classifier_job(dataset, train_indices: np.ndarray, test_indices: np.ndarray
 
 def factor_classifier(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
                       seed: int = 0, steps: int = 2000, precision: str = "auto",
-                      progress: bool = True, background: "Future | None" = None):
+                      progress: bool = True, background: Future | None = None):
     """The factor classifier (``msvae.models.factor_classifier``) of a dataset with factors
     (``DSprites``, ``DigitImages``: ``factors``, ``factor_classes``, ``class_sizes``, ``channels``),
     trained on ``train_indices`` (on the CPU, at ``precision``, resolved as in
@@ -314,15 +315,12 @@ def _train_and_cache(dataset, train_indices, test_indices, seed, steps, precisio
 
 def train_factor_classifier_in_background(dataset, train_indices: np.ndarray, test_indices: np.ndarray,
                                           seed: int = 0, steps: int = 2000,
-                                          precision: str = "auto") -> "Future | None":
+                                          precision: str = "auto") -> Future | None:
     """Starts training ``factor_classifier``'s classifier (same arguments) in a separate process
     of one thread, into the cache, and returns its future; None when it is cached already. For a
     core that would idle while ``fit`` trains on one thread: the quick preset's classifier (2,000
     steps, ~105 s on one core) is then ready when the evaluation starts. The result does not
     depend on whether it ran there or here (same seed, settings and thread count)."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     from msvae.models.factor_classifier import cached_factor_classifier_path
 
     precision = resolve_precision(precision, "cpu")
