@@ -6,6 +6,7 @@ from conftest import toy_images
 from msvae.evaluation import encode_images, reconstruction_summary, save_multistage_figures
 from msvae.models import FlowStage2, MultiStageModel, RefinementDecoder, VAEStage2, build_stage2
 from msvae.models.training import save_checkpoint
+from msvae.models.stage2 import log_likelihood
 
 SMALL = {"width": 8, "hidden": 32}
 
@@ -161,6 +162,23 @@ def test_time_limit_counts_earlier_runs(tmp_path):
     torch.testing.assert_close(again.stage1.state_dict(), model.stage1.state_dict())
 
 
+def test_untrained_flow_stage2_is_stage1_in_likelihood_and_in_samples():
+    torch.manual_seed(0)
+    model = small_model("flow")
+    x = toy_images(4)
+    x1, x1_mean = stage1_pair(model, x)
+    x1 = 4 * x1  # a confident stage 1: pixel probabilities near 0 and 1 as well as between
+    x1_mean = torch.sigmoid(x1)
+    torch.testing.assert_close(model.stage2.log_prob(x, x1, x1_mean), log_likelihood(x, x1, "bernoulli"),
+                               atol=2e-3, rtol=1e-6)
+    n = 3000  # samples given one x1: independent pixels with stage 1's probabilities
+    draws = model.stage2.generate(x1[:1].expand(n, -1, -1, -1), x1_mean[:1].expand(n, -1, -1, -1),
+                                  model.stage2.sample_w(n))
+    torch.testing.assert_close(draws.mean(0), x1_mean[0], atol=0.04, rtol=0)
+    with pytest.raises(ValueError, match="a Bernoulli model has 2 levels"):
+        FlowStage2(quantization=256, likelihood="bernoulli")
+
+
 def test_flow_stage2_is_exact_and_gives_likelihoods(tmp_path):
     torch.manual_seed(0)
     model = small_model("flow")
@@ -175,7 +193,7 @@ def test_flow_stage2_is_exact_and_gives_likelihoods(tmp_path):
     samples = model.sample(3)
     assert set(samples.unique().tolist()) <= {0.0, 1.0}
     x1, x1_mean = stage1_pair(model, x)
-    log_p = model.stage2.log_prob(x, x1_mean)
+    log_p = model.stage2.log_prob(x, x1, x1_mean)
     assert log_p.shape == (4,) and bool(torch.isfinite(log_p).all()) and bool((log_p <= 0).all())
     model.save(tmp_path / "flow.pt")
     torch.testing.assert_close(MultiStageModel.load(tmp_path / "flow.pt").encode(x)[1], w)

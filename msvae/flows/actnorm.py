@@ -13,19 +13,20 @@ class ActNorm(Transform):
     The first ``forward`` call (data direction) sets ``bias = -mean`` and ``log_scale = -log std``
     of that batch per channel, so its outputs have zero mean and unit variance; afterwards both are
     ordinary learned parameters. ``inverse`` before any ``forward`` uses the identity map and does
-    not initialise. Log-det: ``(H * W) * sum(log_scale)`` (``H * W = 1`` for vectors).
+    not initialise. With ``data_init=False`` it starts (and stays until trained) at the identity,
+    for a flow whose input is already standardised. Log-det: ``(H * W) * sum(log_scale)`` (``H * W = 1`` for vectors).
     Any ``context`` is ignored.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-6, data_init: bool = True):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels, self.eps = channels, eps
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("initialized", torch.tensor(False))
-        self._known_initialized = False  # host copy of `initialized`: no device sync per call
+        self.register_buffer("initialized", torch.tensor(not data_init))
+        self._known_initialized = not data_init  # host copy of `initialized`: no device sync per call
 
     def _check(self, x: Tensor, name: str) -> None:
         if not isinstance(x, Tensor) or x.dim() not in (2, 4):

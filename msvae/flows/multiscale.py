@@ -50,12 +50,14 @@ class MultiScaleFlow(Transform):
         levels, steps: number of scales and flow steps per scale.
         hidden: coupling conditioner width; context_hidden: context feature channels per scale.
         coupling: ``"affine"`` or ``"spline"`` (``bins``, ``tail_bound`` for the latter).
+        actnorm_data_init: ``ActNorm``'s ``data_init``; False for inputs already standard normal
+            (the flow then starts as a rotation: the identity in distribution).
     """
 
     def __init__(self, channels: int, size: int | tuple[int, int],
                  context_channels: int | None = None, levels: int = 2, steps: int = 4,
                  hidden: int = 64, context_hidden: int = 32, coupling: str = "affine",
-                 bins: int = 8, tail_bound: float = 3.0):
+                 bins: int = 8, tail_bound: float = 3.0, actnorm_data_init: bool = True):
         super().__init__()
         H, W = (size, size) if isinstance(size, int) else tuple(size)
         if channels < 1 or levels < 1 or steps < 1:
@@ -81,7 +83,7 @@ class MultiScaleFlow(Transform):
                 else:
                     layer = SplineCoupling2d(c, feature_channels, "channel", step % 2, hidden,
                                              bins, tail_bound)
-                layers += [ActNorm(c), InvertibleConv1x1(c, seed=level * steps + step), layer]
+                layers += [ActNorm(c, data_init=actnorm_data_init), InvertibleConv1x1(c, seed=level * steps + step), layer]
             scales.append(ComposedTransform(layers))
             if context_channels is not None:
                 encoders.append(nn.Conv2d(4 * (context_channels if level == 0 else context_hidden),

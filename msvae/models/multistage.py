@@ -27,9 +27,9 @@ def sweep(z: Tensor, k: int, values: Tensor) -> Tensor:
 
 
 class MultiStageModel(nn.Module):
-    """Stage 1 (a ``DisentangledVAE``) and a stage 2 (``VAEStage2`` or ``FlowStage2``).
+    """Stage 1 (a ``DisentangledVAE``) and a stage 2 (a ``SecondStage``).
 
-    Build with ``MultiStageModel.for_images(latent_dim, stage2="vae" | "flow", ...)``; ``fit``
+    Build with ``MultiStageModel.for_images(latent_dim, stage2="vae" | "flow" | "gan" | "mog", ...)``; ``fit``
     trains stage 1, then stage 2 with stage 1 frozen. Images are ``[B, C, 64, 64]``.
     """
 
@@ -45,11 +45,14 @@ class MultiStageModel(nn.Module):
         ``hidden``) and a stage 2 of kind ``stage2`` with ``stage2_options`` (``w_dim``,
         ``free_bits``, ``kl_warmup``, ``width``, ``hidden`` for ``"vae"``; ``components``, ``width``,
         ``hidden`` for ``"mog"``; ``levels``, ``steps``, ``quantization``, ... for ``"flow"``). A
-        stage 2 with ``uses_stage1_likelihood`` gets stage 1's likelihood and network sizes."""
+        stage 2 with ``uses_stage1_likelihood`` gets stage 1's likelihood (and, with
+        ``uses_stage1_sizes``, its network sizes)."""
         stage1_options = dict(stage1_options or {})
         first = DisentangledVAE.for_images(latent_dim, channels, likelihood=likelihood, **stage1_options)
-        if getattr(STAGE2_KINDS.get(stage2), "uses_stage1_likelihood", False):
-            stage2_options = {**stage1_options, "likelihood": likelihood, **stage2_options}
+        kind = STAGE2_KINDS.get(stage2)
+        if getattr(kind, "uses_stage1_likelihood", False):
+            sizes = stage1_options if kind.uses_stage1_sizes else {}
+            stage2_options = {**sizes, "likelihood": likelihood, **stage2_options}
         return cls(first, build_stage2(dict(kind=stage2, channels=channels, **stage2_options)))
 
     @property

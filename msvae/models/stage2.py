@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msvae.distributed import all_rows, data_parallel, process_seed, rank_and_size
-from msvae.flows import MultiScaleFlow, dequantize, quantize
+from msvae.flows import MultiScaleFlow
+from msvae.flows.gaussianize import check as gaussianize_check, degaussianize, gaussianize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
@@ -277,7 +278,8 @@ class SecondStage(nn.Module):
     config: dict
     bound: str | None = None
     exact_inverse: bool = False
-    uses_stage1_likelihood: bool = False  # takes ``likelihood`` (and network sizes) from stage 1
+    uses_stage1_likelihood: bool = False  # takes ``likelihood`` from stage 1
+    uses_stage1_sizes: bool = True  # and, when it uses the likelihood, its network sizes
     max_grad_norm: float | None = None
     mixed_precision: bool = True
 
@@ -522,62 +524,82 @@ class VAEStage2(SecondStage):
 
 
 class FlowStage2(SecondStage):
-    """Conditional flow stage 2: ``p(x | x1)`` by ``MultiScaleFlow`` on dequantised images.
+    """Conditional flow stage 2 that nests stage 1: ``p(x | x1)`` is stage 1's factorised pixel
+    model ``p1(x | x1)`` (Bernoulli, or discretised unit-variance Gaussian) composed with a
+    ``MultiScaleFlow`` that learns what it leaves out, the dependence between pixels.
+
+    Towards the base: the image is dequantised (uniform within each pixel's bin), mapped pixel by
+    pixel to the standard normal ``t`` that it is under ``p1`` (``flows.gaussianize``: exact
+    inverse-CDF), then ``t`` goes through the flow conditioned on ``x1_mean``; ``w`` is the flow's
+    base variable (one value per pixel). The flow's couplings start at zero and its ``ActNorm`` at
+    the identity, so the untrained flow is a rotation of ``t`` and the untrained stage 2 is
+    exactly stage 1 — its likelihood, and its samples (``x ~ p1(x | x1)``, pixels drawn
+    independently). Reconstruction through ``w`` is exact.
 
     Args:
         channels, size: image shape ``C, H = W``; levels, steps, hidden, context_hidden, coupling,
             bins: the flow's (see ``MultiScaleFlow``).
         quantization: number of values a pixel takes (2 for binary images, 256 for 8-bit ones).
-        alpha: the logit transform's margin (see ``dequantize``).
+        likelihood: stage 1's (``"bernoulli"`` needs ``quantization=2``).
     """
 
     max_grad_norm = 100.0
     bound = "dequantized"
     exact_inverse = True
     mixed_precision = False  # log-determinants in float32
+    uses_stage1_likelihood = True
+    uses_stage1_sizes = False
 
     def __init__(self, channels: int = 1, size: int = 64, levels: int = 3, steps: int = 4,
                  hidden: int = 64, context_hidden: int = 32, coupling: str = "affine", bins: int = 8,
-                 quantization: int = 256, alpha: float = 0.05):
+                 quantization: int = 2, likelihood: str = "bernoulli"):
         super().__init__()
+        gaussianize_check(likelihood, quantization)
         self.config = dict(kind="flow", channels=channels, size=size, levels=levels, steps=steps,
                            hidden=hidden, context_hidden=context_hidden, coupling=coupling, bins=bins,
-                           quantization=quantization, alpha=alpha)
+                           quantization=quantization, likelihood=likelihood)
         self.flow = MultiScaleFlow(channels, size, context_channels=channels, levels=levels,
                                    steps=steps, hidden=hidden, context_hidden=context_hidden,
-                                   coupling=coupling, bins=bins)
-        dequantize(torch.zeros(1, 1), quantization, alpha)  # validates quantization and alpha
-        self.quantization, self.alpha = quantization, alpha
+                                   coupling=coupling, bins=bins, actnorm_data_init=False)
+        self.quantization, self.likelihood = quantization, likelihood
         self.w_dim = self.flow.latent_features
         self.history: list[dict] = []
 
-    def log_prob(self, x: Tensor, x1_mean: Tensor, midpoint: bool = False) -> Tensor:
-        """Lower bound on ``log P(x | x1)`` of the discrete image, nats ``[B]``."""
-        y, ladj = dequantize(x, self.quantization, self.alpha, midpoint=midpoint)
-        return self.flow.log_prob(y, x1_mean) + ladj - x[0].numel() * math.log(self.quantization)
+    def _gaussianize(self, x: Tensor, x1: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
+        """``t [B, C, H, W]`` (float32) and ``log p1(u | x1) - log phi(t)`` summed per row
+        ``[B]`` minus ``D log Q`` (so that the flow's ``log p(t)`` plus it is the bound)."""
+        fraction = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
+        t, ladj, _ = gaussianize(x, x1, self.likelihood, self.quantization, fraction)
+        ladj = ladj - x[0].numel() * math.log(self.quantization)
+        return t.to(x.dtype), ladj.to(x.dtype)
+
+    def log_prob(self, x: Tensor, x1: Tensor, x1_mean: Tensor, midpoint: bool = False) -> Tensor:
+        """Lower bound on ``log P(x | x1)`` of the discrete image, nats ``[B]`` (one draw of the
+        dequantisation; at the untrained flow it equals stage 1's ``log p1(x | x1)`` exactly)."""
+        t, ladj = self._gaussianize(x, x1, midpoint)
+        return self.flow.log_prob(t, x1_mean) + ladj
 
     def training_loss(self, x, x1, x1_mean, step):
         """Negative log-likelihood per image; terms: loss (nats), bits_per_dim."""
-        log_p = self.log_prob(x, x1_mean)
-        total = -log_p.mean()
+        total = -self.log_prob(x, x1, x1_mean).mean()
         return total, {"loss": total, "bits_per_dim": total / (x[0].numel() * math.log(2))}
 
     @torch.no_grad()
     def log_likelihood_bound(self, x, x1, x1_mean):
         """``log p(x + u | x1)`` with uniform dequantisation noise ``u`` (one draw): its expectation
         is a lower bound on the discrete image's ``log P(x | x1)`` ``[B]``."""
-        return {"log_likelihood": self.log_prob(x, x1_mean)}
+        return {"log_likelihood": self.log_prob(x, x1, x1_mean)}
 
     @torch.no_grad()
     def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
         """The base variable ``w [B, C*H*W]`` of each image (dequantised at its bins' centres)."""
-        y, _ = dequantize(x, self.quantization, self.alpha, midpoint=True)
-        return self.flow(y, x1_mean)[0]
+        return self.flow(self._gaussianize(x, x1, midpoint=True)[0], x1_mean)[0]
 
     @torch.no_grad()
     def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
         """The image ``[B, C, H, W]`` (on the quantisation grid) of base variables ``w`` given ``x1``."""
-        return quantize(self.flow.inverse(w, x1_mean)[0], self.quantization, self.alpha)
+        t = self.flow.inverse(w, x1_mean)[0]
+        return degaussianize(t, x1, self.likelihood, self.quantization)
 
 
 class MixtureStage2(SecondStage):
