@@ -47,7 +47,7 @@ def stage2_cases():
         cases.append(pytest.param(model.stage2, x, x1, x1_mean, build_stage2, id=name))
     x = tabular_rows()
     x1 = torch.randn(6, 5)
-    for stage2 in (TabularVAEStage2(SPANS, w_dim=3, hidden=8), TabularFlowStage2(DISCRETE, layers=2, hidden=8),
+    for stage2 in (TabularVAEStage2(SPANS, w_dim=3, hidden=8), TabularFlowStage2(SPANS, layers=2, hidden=8),
                    TabularMixtureStage2(DISCRETE, components=3, hidden=8)):
         def rebuild(config, cls=type(stage2)):
             return cls(**{k: v for k, v in config.items() if k != "kind"})

@@ -63,10 +63,11 @@ class ConditionalFlow(nn.Module):
     @classmethod
     def spline(cls, features: int, context_features: int | None = None, layers: int = 4,
                hidden: int = 64, bins: int = 8, tail_bound: float = 3.0,
-               hidden_layers: int = 2) -> "ConditionalFlow":
-        """Neural spline flow: ``ActNorm`` then ``layers`` spline couplings with permutations."""
+               hidden_layers: int = 2, actnorm_data_init: bool = True) -> "ConditionalFlow":
+        """Neural spline flow: ``ActNorm`` then ``layers`` spline couplings with permutations
+        (``actnorm_data_init=False``: the flow starts as a permutation, for standardised inputs)."""
         return cls(features, context_features, _coupling_stack(
-            features, layers, lambda: SplineCoupling(features, context_features, None, hidden,
+            features, layers, actnorm_data_init, lambda: SplineCoupling(features, context_features, None, hidden,
                                                      hidden_layers, bins, tail_bound)))
 
     @classmethod
@@ -74,7 +75,7 @@ class ConditionalFlow(nn.Module):
                hidden: int = 64, clamp: float = 2.0, hidden_layers: int = 2) -> "ConditionalFlow":
         """RealNVP-style flow: ``ActNorm`` then ``layers`` affine couplings with permutations."""
         return cls(features, context_features, _coupling_stack(
-            features, layers, lambda: AffineCoupling(features, context_features, None, hidden,
+            features, layers, True, lambda: AffineCoupling(features, context_features, None, hidden,
                                                      hidden_layers, clamp)))
 
     def _check(self, x: Tensor, context: Tensor | None) -> None:
@@ -124,12 +125,13 @@ class ConditionalFlow(nn.Module):
         return torch.get_default_dtype(), torch.device("cpu")
 
 
-def _coupling_stack(features: int, layers: int, make_coupling) -> list[Transform]:
+def _coupling_stack(features: int, layers: int, actnorm_data_init: bool,
+                    make_coupling) -> list[Transform]:
     """``ActNorm``, then ``layers`` couplings separated by permutations (reversal for C = 2,
     so consecutive layers transform different features; seeded random orders for C > 2)."""
     if layers < 1:
         raise ValueError(f"layers must be >= 1, got {layers}")
-    transforms: list[Transform] = [ActNorm(features)]
+    transforms: list[Transform] = [ActNorm(features, data_init=actnorm_data_init)]
     for index in range(layers):
         if index > 0 and features > 1:
             transforms.append(ReversePermutation(features) if features == 2

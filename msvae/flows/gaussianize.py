@@ -1,20 +1,24 @@
 """The exact map of dequantised discrete values to standard normals under a factorised model.
 
-A factorised discrete model gives each value (e.g. a pixel) its own distribution over the bins
-``k = 0 .. Q-1`` of its quantisation grid ``k / (Q - 1)``. Written as thresholds on a standard
-normal — bin ``k`` is the interval ``[lo_k, hi_k)`` of ``t ~ N(0, 1)``, with ``lo_0 = -inf``,
-``hi_{Q-1} = +inf`` and mass ``P_k = Phi(hi_k) - Phi(lo_k)`` — a value ``k`` dequantised by a
-uniform fraction ``f`` of its bin maps to ``t = Phi^-1(Phi(lo_k) + f P_k)``: under the model the
-``t`` are independent standard normals, and ``log p(u) = sum_i log P_k(i) + D log Q`` (``u`` the
-dequantised value in ``[0, 1)``, bins of width ``1 / Q``) is the model's exact log-probability.
+A factorised discrete model gives each value (a pixel, a table's category) its own distribution
+over bins ``k = 0 .. K-1``. Written as thresholds on a standard normal — bin ``k`` is the interval
+``[lo_k, hi_k)`` of ``t ~ N(0, 1)``, with ``lo_0 = -inf``, ``hi_{K-1} = +inf`` and mass
+``P_k = Phi(hi_k) - Phi(lo_k)`` — a value ``k`` dequantised to ``u = k + f`` (``f`` uniform in
+``(0, 1)``) maps to ``t = Phi^-1(Phi(lo_k) + f P_k)``. Under the model the ``t`` are independent
+standard normals, and with ``log|dt/du| = log P_k - log phi(t)`` the density of ``u`` is the
+model's probability, ``log p(u) = sum log P_k``: no dequantisation gap.
 
-A flow placed after this map (towards the base) starts, when it is the identity, at exactly the
-model's likelihood; the map's ``log|dt/du| = log Q + log P_k - log phi(t)`` supplies the rest.
+A flow placed after this map (towards the base) therefore starts, while it is the identity, at
+exactly the model's likelihood, and learns only what the factorised model leaves out: the
+dependence between values.
 
-Models (``likelihood``, the decoder output they read):
-- ``"bernoulli"`` (logits ``l``, ``Q = 2``): one threshold ``Phi^-1(sigmoid(-l))``;
-- ``"gaussian"`` (means ``m``, unit variance, ``Q`` levels on ``[0, 1]``): bin edges
-  ``(k -+ 1/2) / (Q - 1) - m``, the discretised Gaussian.
+Models whose thresholds are computed here (``bin_edges``, ``bin_of``; ``output`` is the decoder
+output they read):
+- ``"bernoulli"`` (logits ``l``, values 0/1): one threshold ``Phi^-1(sigmoid(-l))``;
+- ``"gaussian"`` (means ``m``, unit variance, ``levels`` values ``k / (levels - 1)`` on
+  ``[0, 1]``): edges ``(k -+ 1/2) / (levels - 1) - m``, the discretised Gaussian;
+- ``"categorical"`` (logits ``[..., K]``, values the category indices): thresholds
+  ``Phi^-1`` of the cumulative probabilities (an arbitrary but fixed order of the categories).
 
 Everything is computed in float64 (tails of ``Phi`` reach far when a model is confident).
 """
@@ -30,7 +34,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def check(likelihood: str, levels: int) -> None:
-    """Raises ``ValueError`` unless ``likelihood`` and ``levels`` make a model here."""
+    """Raises ``ValueError`` unless ``likelihood`` and ``levels`` make a model for ``bin_edges``."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
@@ -39,15 +43,48 @@ def check(likelihood: str, levels: int) -> None:
         raise ValueError(f"a Bernoulli model has 2 levels, got levels={levels}")
 
 
+def _probit_of_cdf(log_cdf: Tensor, log_sf: Tensor) -> Tensor:
+    """``Phi^-1(c)`` from ``log c`` and ``log(1 - c)``, through the smaller of the two tails."""
+    lower = log_cdf < log_sf
+    small = torch.where(lower, log_cdf, log_sf).clamp(min=-700.0).exp()
+    t = torch.special.ndtri(small)
+    return torch.where(lower, t, -t)
+
+
 def _bernoulli_threshold(logits: Tensor) -> Tensor:
-    """``Phi^-1(sigmoid(-l))`` from the smaller tail (exact for any finite logit)."""
-    return torch.where(logits > 0, torch.special.ndtri(torch.sigmoid(-logits)),
-                       -torch.special.ndtri(torch.sigmoid(logits)))
+    """``Phi^-1(P(x = 0))`` of Bernoulli logits (exact for any finite logit)."""
+    return _probit_of_cdf(torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits))
+
+
+def categorical_thresholds(logits: Tensor) -> Tensor:
+    """The ``K - 1`` interior thresholds ``[..., K - 1]`` (float64) of categorical logits ``[..., K]``."""
+    log_p = logits.double().log_softmax(-1)
+    log_cdf = log_p.logcumsumexp(-1)[..., :-1]
+    log_sf = log_p.flip(-1).logcumsumexp(-1).flip(-1)[..., 1:]
+    return _probit_of_cdf(log_cdf, log_sf)
+
+
+def _interval(thresholds: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """``[lo, hi)`` of bin ``k`` among sorted ``thresholds [..., K - 1]`` (``-inf``/``+inf`` at the ends)."""
+    inf = torch.full_like(thresholds[..., :1], math.inf)
+    padded = torch.cat([-inf, thresholds, inf], -1)
+    k = k.long().unsqueeze(-1)
+    return padded.gather(-1, k).squeeze(-1), padded.gather(-1, k + 1).squeeze(-1)
+
+
+def categorical_edges(k: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``[lo, hi)`` (float64, ``k``'s shape) of categories ``k [...]`` under logits ``[..., K]``."""
+    if logits.shape[:-1] != k.shape or logits.shape[-1] < 2:
+        raise ValueError(f"logits must be [..., K >= 2] over k's shape {tuple(k.shape)}, got "
+                         f"{tuple(logits.shape)}")
+    if bool(((k < 0) | (k >= logits.shape[-1])).any()):
+        raise ValueError(f"categories must lie in [0, {logits.shape[-1]})")
+    return _interval(categorical_thresholds(logits), k)
 
 
 def bin_edges(x: Tensor, output: Tensor, likelihood: str, levels: int) -> tuple[Tensor, Tensor]:
-    """The interval ``[lo, hi)`` of ``t`` (float64, ``x``'s shape) of each value's bin ``k``
-    (``x`` on the grid ``k / (levels - 1)``) under the model of ``output``."""
+    """``[lo, hi)`` (float64, ``x``'s shape) of each value's bin (``x`` on the grid
+    ``k / (levels - 1)``) under the model ``likelihood`` of ``output``."""
     check(likelihood, levels)
     if x.shape != output.shape:
         raise ValueError(f"x {tuple(x.shape)} and output {tuple(output.shape)} must have one shape")
@@ -73,23 +110,25 @@ def _near_tail(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return right, log_a, log_b + torch.log(-torch.expm1(log_a - log_b))
 
 
-def gaussianize(x: Tensor, output: Tensor, likelihood: str, levels: int,
-                fraction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Values ``x [B, ...]`` on their grid, dequantised by ``fraction`` (in ``(0, 1)``, ``x``'s
-    shape) of their bins -> ``t`` (float64), ``log|dt/du|`` summed per row ``[B]`` and the model's
-    ``log P(x)`` per row ``[B]``; ``u = (k + fraction) / levels``."""
-    right, log_a, log_mass = _near_tail(*bin_edges(x, output, likelihood, levels))
+def log_mass(lo: Tensor, hi: Tensor) -> Tensor:
+    """``log P = log(Phi(hi) - Phi(lo))`` elementwise (float64)."""
+    return _near_tail(lo, hi)[2]
+
+
+def gaussianize(lo: Tensor, hi: Tensor, fraction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Values in bins ``[lo, hi)``, dequantised by ``fraction`` (in ``(0, 1)``) of their bins ->
+    elementwise ``t`` (float64), ``log|dt/du| = log P - log phi(t)`` and ``log P``."""
+    right, log_a, log_p = _near_tail(lo, hi)
     f = torch.where(right, 1 - fraction.double(), fraction.double())
-    log_cdf = torch.logaddexp(log_a, log_mass + f.log())  # Phi(a) + f P, in the near tail
+    log_cdf = torch.logaddexp(log_a, log_p + f.log())  # Phi(a) + f P, in the near tail
     t = torch.special.ndtri(log_cdf.clamp(min=-700.0).exp())
     t = torch.where(right, -t, t)
-    ladj = math.log(levels) + log_mass + 0.5 * t * t + _HALF_LOG_2PI
-    return t, ladj.flatten(1).sum(1), log_mass.flatten(1).sum(1)
+    return t, log_p + 0.5 * t * t + _HALF_LOG_2PI, log_p
 
 
-def degaussianize(t: Tensor, output: Tensor, likelihood: str, levels: int) -> Tensor:
-    """The inverse of ``gaussianize`` up to the fraction: ``t`` -> the grid value ``k / (levels - 1)``
-    of the bin that holds it (``output``'s dtype)."""
+def bin_of(t: Tensor, output: Tensor, likelihood: str, levels: int) -> Tensor:
+    """The inverse of ``gaussianize`` up to the fraction, for ``bin_edges``' models: ``t`` -> the
+    grid value ``k / (levels - 1)`` of the bin that holds it (``output``'s dtype)."""
     check(likelihood, levels)
     if t.shape != output.shape:
         raise ValueError(f"t {tuple(t.shape)} and output {tuple(output.shape)} must have one shape")
@@ -101,6 +140,8 @@ def degaussianize(t: Tensor, output: Tensor, likelihood: str, levels: int) -> Te
     return (k / (levels - 1)).to(output.dtype)
 
 
-def log_mass(x: Tensor, output: Tensor, likelihood: str, levels: int) -> Tensor:
-    """The model's ``log P(x)`` per row ``[B]`` (float64), the sum over values of ``log P_k``."""
-    return _near_tail(*bin_edges(x, output, likelihood, levels))[2].flatten(1).sum(1)
+def category_of(t: Tensor, logits: Tensor) -> Tensor:
+    """The category ``[...]`` (long) whose interval holds ``t [...]`` under logits ``[..., K]``."""
+    if logits.shape[:-1] != t.shape:
+        raise ValueError(f"logits must be [..., K] over t's shape {tuple(t.shape)}, got {tuple(logits.shape)}")
+    return (t.double().unsqueeze(-1) >= categorical_thresholds(logits)).sum(-1)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from msvae.distributed import all_rows, data_parallel, process_seed, rank_and_size
 from msvae.flows import MultiScaleFlow
-from msvae.flows.gaussianize import check as gaussianize_check, degaussianize, gaussianize
+from msvae.flows.gaussianize import bin_edges, bin_of, check as gaussianize_check, gaussianize
 from msvae.losses import gaussian_kl, reconstruction_nll
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
@@ -566,12 +566,11 @@ class FlowStage2(SecondStage):
         self.history: list[dict] = []
 
     def _gaussianize(self, x: Tensor, x1: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
-        """``t [B, C, H, W]`` (float32) and ``log p1(u | x1) - log phi(t)`` summed per row
-        ``[B]`` minus ``D log Q`` (so that the flow's ``log p(t)`` plus it is the bound)."""
+        """``t [B, C, H, W]`` and ``log|dt/du|`` summed per row ``[B]`` (``u`` the image dequantised
+        in bins of width 1, so the flow's ``log p(t)`` plus it bounds ``log P(x | x1)``)."""
         fraction = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
-        t, ladj, _ = gaussianize(x, x1, self.likelihood, self.quantization, fraction)
-        ladj = ladj - x[0].numel() * math.log(self.quantization)
-        return t.to(x.dtype), ladj.to(x.dtype)
+        t, ladj, _ = gaussianize(*bin_edges(x, x1, self.likelihood, self.quantization), fraction)
+        return t.to(x.dtype), ladj.flatten(1).sum(1).to(x.dtype)
 
     def log_prob(self, x: Tensor, x1: Tensor, x1_mean: Tensor, midpoint: bool = False) -> Tensor:
         """Lower bound on ``log P(x | x1)`` of the discrete image, nats ``[B]`` (one draw of the
@@ -598,8 +597,7 @@ class FlowStage2(SecondStage):
     @torch.no_grad()
     def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
         """The image ``[B, C, H, W]`` (on the quantisation grid) of base variables ``w`` given ``x1``."""
-        t = self.flow.inverse(w, x1_mean)[0]
-        return degaussianize(t, x1, self.likelihood, self.quantization)
+        return bin_of(self.flow.inverse(w, x1_mean)[0], x1, self.likelihood, self.quantization)
 
 
 class MixtureStage2(SecondStage):

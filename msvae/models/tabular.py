@@ -3,9 +3,9 @@
 Rows become vectors through ``TabularTransformer``; stage 1 is an MLP beta-TCVAE on them with a
 mixed likelihood (``MixedLikelihood``); stage 2 models the rows given the stage-1 output: a
 conditional VAE that refines stage 1's output (``TabularVAEStage2``), a conditional
-rational-quadratic spline flow (``TabularFlowStage2``) or a conditional mixture of Gaussians
-(``TabularMixtureStage2``). One-hot and 0/1 entries are dequantised for stage 2 by
-uniform noise in [0, 1) (so a block's largest entry is still its category).
+copula flow on the rows mapped to standard normals by stage 1's own model (``TabularFlowStage2``)
+or a conditional mixture of Gaussians (``TabularMixtureStage2``, whose one-hot and 0/1 entries are
+dequantised by uniform noise in [0, 1), so a block's largest entry is still its category).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msvae.flows import ConditionalFlow
+from msvae.flows.gaussianize import bin_edges, bin_of, categorical_edges, category_of, gaussianize
 from msvae.data.tabular import Span, TabularTransformer
 from msvae.losses import BetaTCVAELoss, gaussian_kl
 from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
@@ -85,18 +86,119 @@ class MixedLikelihood(nn.Module):
         return x
 
 
-class _TabularStage2(SecondStage):
-    """Shared by the tabular flow and mixture: dequantisation of the discrete entries (``discrete``
-    marks them), the conditioning on stage 1's raw output ``x1`` (``x1_mean`` is the same for
-    tables); the bound is the density ``log_prob(y, x1)`` of the dequantised row."""
+class TabularFlowStage2(SecondStage):
+    """Copula-flow stage 2 for rows that nests stage 1: ``p(x | x1)`` is stage 1's factorised
+    ``MixedLikelihood`` composed with a conditional spline flow that learns the dependence between
+    columns it leaves out (and between a mode-normalised column's mode and offset).
+
+    Each atom of a row — a scalar, a 0/1 entry, a one-hot block (one category) — is mapped to the
+    standard normal it is under stage 1's model given ``x1``: scalars standardised by stage 1's
+    mean and scale, discrete atoms dequantised within their bin and mapped by the inverse CDF
+    (``flows.gaussianize``; a block's categories in column order). The flow (``ConditionalFlow``
+    with context ``x1``; couplings zero-initialised, ``ActNorm`` at the identity) maps these to
+    ``w``, one value per atom. Untrained, stage 2 *is* stage 1, in likelihood and in samples;
+    trained by maximum likelihood, it keeps stage 1's marginals given ``x1`` where they are right.
+    ``spans`` as ``TabularVAEStage2``'s; ``likelihood`` holds stage 1's scales (the synthesizer
+    copies them in before training) and trains with the flow.
+    """
+
+    bound = "dequantized"
+    max_grad_norm = 100.0
+
+    def __init__(self, spans, layers: int = 4, hidden: int = 128, bins: int = 8,
+                 tail_bound: float = 5.0):
+        super().__init__()
+        spans = [Span(*span) for span in spans]
+        self.config = dict(kind="flow", spans=[list(span) for span in spans], layers=layers,
+                           hidden=hidden, bins=bins, tail_bound=tail_bound)
+        self.likelihood = MixedLikelihood(spans)
+        self.features = sum(span.size for span in spans)
+        self.softmax_blocks = self.likelihood.softmax_blocks
+        self.w_dim = len(self.likelihood.scalar) + len(self.likelihood.binary) + len(self.softmax_blocks)
+        self.flow = ConditionalFlow.spline(self.w_dim, self.features, layers, hidden, bins, tail_bound,
+                                           actnorm_data_init=False)
+        self.history: list[dict] = []
+
+    def _gaussianize(self, x: Tensor, x1: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
+        """The atoms' standard normals ``t [B, w_dim]`` and ``log|dt/du|`` summed per row ``[B]``."""
+        t, ladj = [], []
+        if len(self.likelihood.scalar):
+            scale = self.likelihood.scale()
+            t.append((x[:, self.likelihood.scalar] - x1[:, self.likelihood.scalar]) / scale)
+            ladj.append(-scale.log().sum().expand(len(x)))
+        edges = []
+        if len(self.likelihood.binary):
+            b = self.likelihood.binary
+            edges.append(bin_edges(x[:, b].clamp(0, 1), x1[:, b], "bernoulli", 2))
+        for start, size in self.softmax_blocks:
+            k = x[:, start:start + size].argmax(1)
+            edges.append(tuple(e[:, None] for e in categorical_edges(k, x1[:, start:start + size])))
+        if edges:
+            lo, hi = (torch.cat(e, 1) for e in zip(*edges))
+            fraction = torch.full_like(lo, 0.5) if midpoint else torch.rand_like(lo)
+            t_discrete, ladj_discrete, _ = gaussianize(lo, hi, fraction)
+            t.append(t_discrete.to(x.dtype))
+            ladj.append(ladj_discrete.sum(1).to(x.dtype))
+        return torch.cat(t, 1), sum(ladj)
+
+    def log_prob(self, x: Tensor, x1: Tensor, midpoint: bool = False) -> Tensor:
+        """Lower bound on ``log P(x | x1)`` (densities for scalars, probabilities for discrete
+        atoms) ``[B]``, one draw of the dequantisation; the untrained flow gives stage 1's exactly."""
+        t, ladj = self._gaussianize(x, x1, midpoint)
+        return self.flow.log_prob(t, x1) + ladj
+
+    def training_loss(self, x, x1, x1_mean, step):
+        """Negative log-likelihood bound, nats per row."""
+        total = -self.log_prob(x, x1).mean()
+        return total, {"loss": total}
+
+    @torch.no_grad()
+    def log_likelihood_bound(self, x, x1, x1_mean):
+        """``log p(u | x1)`` of the row dequantised by one uniform draw (its expectation bounds
+        ``log P(x | x1)``) ``[B]``."""
+        return {"log_likelihood": self.log_prob(x, x1)}
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
+        """The base variable ``w [B, w_dim]`` of each row (discrete atoms at their bins' centres)."""
+        return self.flow.transform(self._gaussianize(x, x1, midpoint=True)[0], x1)[0]
+
+    @torch.no_grad()
+    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
+        """The transformed row ``[B, F]`` (one-hot blocks, 0/1 entries, scalars) of ``w`` given ``x1``."""
+        t = self.flow.transform.inverse(w, x1)[0]
+        x = torch.zeros_like(x1)
+        scalar, binary = self.likelihood.scalar, self.likelihood.binary
+        x[:, scalar] = x1[:, scalar] + self.likelihood.scale() * t[:, :len(scalar)]
+        column = len(scalar)
+        if len(binary):
+            x[:, binary] = bin_of(t[:, column:column + len(binary)], x1[:, binary], "bernoulli", 2)
+            column += len(binary)
+        for start, size in self.softmax_blocks:
+            k = category_of(t[:, column], x1[:, start:start + size])
+            x[:, start:start + size] = F.one_hot(k, size).to(x.dtype)
+            column += 1
+        return x
+
+
+class TabularMixtureStage2(SecondStage):
+    """``p(x | x1) = sum_k pi_k(x1) N(mu_k(x1), diag sigma_k(x1)^2)`` on the dequantised row (a
+    mixture density network: one-hot and 0/1 entries, marked by ``discrete``, get uniform noise in
+    [0, 1), so a block's largest entry is still its category); ``w`` is the standardised draw
+    ``(x - mu_k) / sigma_k`` and the component is the most responsible one. The bound is the
+    density of the dequantised row."""
 
     bound = "dequantized"
 
-    def __init__(self, discrete: list[bool]):
+    def __init__(self, discrete: list[bool], components: int = 10, hidden: int = 256):
         super().__init__()
         self.register_buffer("discrete", torch.tensor(discrete, dtype=torch.bool))
         self.features = len(discrete)
         self.history: list[dict] = []
+        self.config = dict(kind="mog", discrete=list(discrete), components=components, hidden=hidden)
+        self.components, self.w_dim = components, self.features
+        self.net = nn.Sequential(nn.Linear(self.features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, components * (1 + 2 * self.features)))
 
     def dequantize(self, x: Tensor, midpoint: bool = False) -> Tensor:
         noise = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
@@ -104,9 +206,6 @@ class _TabularStage2(SecondStage):
 
     def quantize(self, y: Tensor) -> Tensor:
         return torch.where(self.discrete, y.clamp(0, 1.999).floor(), y)
-
-    def log_prob(self, y: Tensor, x1: Tensor) -> Tensor:
-        raise NotImplementedError
 
     def training_loss(self, x, x1, x1_mean, step):
         """Negative log-density of the dequantised row, nats per row."""
@@ -117,44 +216,6 @@ class _TabularStage2(SecondStage):
     def log_likelihood_bound(self, x, x1, x1_mean):
         """``log p(x + u | x1)`` with uniform noise ``u`` on the discrete entries (one draw) ``[B]``."""
         return {"log_likelihood": self.log_prob(self.dequantize(x), x1)}
-
-
-class TabularFlowStage2(_TabularStage2):
-    """``p(x | x1)``: a conditional RQ-spline flow on the dequantised row; ``w`` is its base variable."""
-
-    max_grad_norm = 100.0
-
-    def __init__(self, discrete: list[bool], layers: int = 4, hidden: int = 128, bins: int = 8,
-                 tail_bound: float = 4.0):
-        super().__init__(discrete)
-        self.config = dict(kind="flow", discrete=list(discrete), layers=layers, hidden=hidden,
-                           bins=bins, tail_bound=tail_bound)
-        self.flow = ConditionalFlow.spline(self.features, self.features, layers, hidden, bins, tail_bound)
-        self.w_dim = self.features
-
-    def log_prob(self, y: Tensor, x1: Tensor) -> Tensor:
-        return self.flow.log_prob(y, x1)
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, x1: Tensor, x1_mean: Tensor) -> Tensor:
-        return self.flow.transform(self.dequantize(x, midpoint=True), x1)[0]
-
-    @torch.no_grad()
-    def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
-        return self.quantize(self.flow.transform.inverse(w, x1)[0])
-
-
-class TabularMixtureStage2(_TabularStage2):
-    """``p(x | x1) = sum_k pi_k(x1) N(mu_k(x1), diag sigma_k(x1)^2)`` on the dequantised row (a
-    mixture density network); ``w`` is the standardised draw ``(x - mu_k) / sigma_k`` and the
-    component is the most responsible one."""
-
-    def __init__(self, discrete: list[bool], components: int = 10, hidden: int = 256):
-        super().__init__(discrete)
-        self.config = dict(kind="mog", discrete=list(discrete), components=components, hidden=hidden)
-        self.components, self.w_dim = components, self.features
-        self.net = nn.Sequential(nn.Linear(self.features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                 nn.ReLU(), nn.Linear(hidden, components * (1 + 2 * self.features)))
 
     def _mixture(self, x1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         K, C = self.components, self.features
@@ -297,9 +358,9 @@ class TabularSynthesizer:
         self.stage1 = DisentangledVAE.for_vectors(features, o["latent_dim"], tuple(o["hidden"]),
                                                   likelihood="gaussian").to(self.device)
         self.likelihood = MixedLikelihood(transformer.spans).to(self.device)
-        if o["stage2"] == "vae":
+        if o["stage2"] in ("vae", "flow"):
             layout = [list(span) for span in transformer.spans]
-        else:  # the flow and the mixture need to know which entries to dequantise
+        else:  # the mixture needs to know which entries to dequantise
             layout = [False] * features
             for span in transformer.spans:
                 if span.kind != "scalar":
@@ -324,8 +385,9 @@ class TabularSynthesizer:
                       log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir,
                       replacement=False)  # distinct rows: a small table's batch is all of it
         self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch, **common)
-        if isinstance(self.stage2, TabularVAEStage2):  # start from stage 1's learned scales
-            self.stage2.likelihood.load_state_dict(self.likelihood.state_dict())
+        nested = getattr(self.stage2, "likelihood", None)
+        if nested is not None:  # a stage 2 that nests stage 1's likelihood starts from its scales
+            nested.load_state_dict(self.likelihood.state_dict())
         if self.stage2 is not None:
             self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch, **common)
         return self
