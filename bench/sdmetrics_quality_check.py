@@ -23,6 +23,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--models", nargs="+", default=["msvae", "ctgan", "tvae"])
 parser.add_argument("--seeds", nargs="+", type=int, default=[0])
 parser.add_argument("--epochs", type=int, default=100)
+parser.add_argument("--stage2", default="flow", help="msvae's stage 2 (flow, vae, mog)")
+parser.add_argument("--stage2-epochs", type=int, default=None, help="default: --epochs")
+parser.add_argument("--stage2-options", type=json.loads, default={}, help='e.g. \'{"layers": 8}\'')
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -33,7 +36,9 @@ meta = {"columns": {c: {"sdtype": "categorical" if c in d else "numerical"} for 
 
 def make(name: str, seed: int):
     if name == "msvae":
-        return TabularSynthesizer(epochs=args.epochs, stage2_epochs=args.epochs, seed=seed, progress=False)
+        return TabularSynthesizer(epochs=args.epochs, stage2_epochs=args.stage2_epochs or args.epochs,
+                                  stage2=args.stage2, stage2_options=args.stage2_options, seed=seed,
+                                  progress=False)
     import ctgan
 
     model = {"ctgan": ctgan.CTGAN, "tvae": ctgan.TVAE}[name](epochs=args.epochs, enable_gpu=False)
@@ -63,5 +68,8 @@ for seed in args.seeds:
         seconds = time.monotonic() - started
         print(json.dumps(score(name, seed, model.sample(len(train), **({"seed": seed} if name == "msvae" else {})), seconds)), flush=True)
         if name == "msvae":
+            print(json.dumps({"name": "msvae", "seed": seed, "stage2": args.stage2,
+                              "stage2_options": args.stage2_options, "stage2_epochs": args.stage2_epochs,
+                              "held_out_nll_bound": model.nll_bound(test, seed=seed)}), flush=True)
             print(json.dumps(score("msvae_stage1", seed, model.sample(len(train), stage="stage1", seed=seed),
                                    seconds)), flush=True)

@@ -514,7 +514,7 @@ def compare_tables(args: argparse.Namespace) -> list[dict]:
     return tabular_benchmark.run(args.tables, args.seeds, out, epochs=args.epochs,
                                  stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
                                  synthesizers=args.synthesizers, max_rows=args.max_rows,
-                                 target=args.target, discrete_columns=args.discrete)
+                                 target=args.target, discrete_columns=args.discrete, stage2=args.stage2)
 
 
 def compare_methods(args: argparse.Namespace) -> dict:
@@ -670,19 +670,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=sample)
 
     c = commands.add_parser("compare-tables",
-                            help="synthetic tables: msvae, its stage 1, CTGAN and TVAE on real tables")
-    c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--tables", nargs="+", default=["adult", "breast_cancer", "wine"],
+                            help="synthetic tables: msvae, its stage 1, CTGAN, TVAE and a Gaussian copula on real tables")
+    c.add_argument("--out", required=True, help="output folder (a rerun resumes)")
+    c.add_argument("--tables", nargs="+", default=["adult", "breast_cancer", "wine", "diabetes"],
                    help="adult, scikit-learn tables (breast_cancer, wine, diabetes, iris), CSV files")
     c.add_argument("--target", default=None, help="a CSV table's prediction column (ML efficacy)")
     c.add_argument("--discrete", nargs="*", default=[],
                    help="a CSV table's categorical columns (besides the non-numeric ones)")
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--synthesizers", nargs="+", default=None,
-                   help="msvae (also scored by its stage 1 alone), ctgan, tvae (default: all available)")
+                   help="msvae (also scored by its stage 1 alone), ctgan, tvae, ctgan_equal_time, "
+                        "tvae_equal_time (msvae's fit time), gaussian_copula (default: all available)")
     c.add_argument("--epochs", type=POSITIVE_INT, default=100, help="passes over the rows (stage 1)")
     c.add_argument("--stage2-epochs", type=POSITIVE_INT, default=None, help="default: --epochs")
-    c.add_argument("--peer-epochs", type=POSITIVE_INT, default=None, help="CTGAN/TVAE epochs (default: --epochs)")
+    c.add_argument("--peer-epochs", type=POSITIVE_INT, default=None, help="CTGAN/TVAE epochs (default: theirs, 300)")
+    c.add_argument("--stage2", choices=["vae", "flow", "mog"], default="flow", help="msvae's stage 2")
     c.add_argument("--max-rows", type=POSITIVE_INT, default=None, help="use at most this many rows per table")
     c.add_argument("--threads", type=POSITIVE_INT, default=1)
     c.set_defaults(func=compare_tables)

@@ -1,10 +1,14 @@
-"""Synthetic-table comparison: the multi-stage model, its stage 1 alone, CTGAN and TVAE.
+"""Synthetic-table comparison: the multi-stage model, its stage 1 alone, and the peers — CTGAN and
+TVAE (the ``ctgan`` package) at their default epochs and at msvae's wall time, SDV's Gaussian
+copula.
 
 Every synthesizer is fitted on the same training split of each table with each seed, samples as
-many rows as the split has, and is scored by ``msvae.metrics.tabular`` against the real rows
-(quality, ML efficacy on the held-out split, detection, privacy). ``run`` writes the rows as JSON,
-a markdown table of mean +- std per metric, and figures (marginals real vs synthetic,
-correlation-difference heatmaps, the multi-stage model's factor traversals).
+many rows as the split has, and is scored against the real rows by ``msvae.metrics.tabular``
+(quality, ML efficacy on the held-out split, detection, DCR privacy) and by SDMetrics' own
+``QualityReport`` and ``LogisticDetection``; msvae's rows also carry its held-out likelihood bound
+(``TabularSynthesizer.nll_bound``). ``run`` writes the rows as JSON (a rerun resumes: finished
+rows are kept), a markdown table of mean +- std per metric, and figures (marginals real vs
+synthetic, association-difference heatmaps, the multi-stage model's factor traversals).
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ import numpy as np
 from msvae.data.tables import ADULT_DISCRETE, load_adult, load_sklearn_table, read_table
 from msvae.metrics import tabular as metrics
 
-METRICS = ("quality", "column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy",
-           "fit_seconds", "sample_seconds")
+METRICS = ("quality", "sdmetrics_quality", "column_shapes", "column_pair_trends", "ml_efficacy",
+           "detection", "sdmetrics_detection", "privacy", "held_out_nll", "fit_seconds", "sample_seconds")
+PEER_DEFAULT_EPOCHS = 300  # CTGAN's and TVAE's defaults in the ctgan package
+EQUAL_TIME = "_equal_time"  # suffix of a peer trained for msvae's fit time on the same table and seed
 
 
 def load_table(name: str, target: str | None = None, discrete_columns: Iterable[str] = ()):
@@ -45,33 +51,91 @@ def split(df, test_fraction: float = 0.2, seed: int = 0):
     return df.iloc[order[:cut]].reset_index(drop=True), df.iloc[order[cut:]].reset_index(drop=True)
 
 
-def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs: int | None = None
-                      ) -> dict[str, Callable]:
-    """``{name: make(seed) -> object with fit(df, discrete_columns) and sample(n)}``; CTGAN and TVAE
-    (the ``ctgan`` package) only when it is installed. ``msvae`` is the multi-stage model with its
-    defaults; its stage 1 alone is scored from the same fit (``msvae_stage1``)."""
+class GaussianCopula:
+    """SDV's ``GaussianCopulaSynthesizer`` behind the ``fit(df, discrete_columns)`` / ``sample(n)``
+    interface the benchmark uses."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def fit(self, df, discrete_columns: Iterable[str] = ()) -> "GaussianCopula":
+        from sdv.metadata import Metadata
+        from sdv.single_table import GaussianCopulaSynthesizer
+
+        discrete = set(discrete_columns)
+        metadata = Metadata.load_from_dict({"tables": {"table": {"columns": {
+            c: {"sdtype": "categorical" if c in discrete else "numerical"} for c in df.columns}}}})
+        np.random.seed(self.seed)
+        self.model = GaussianCopulaSynthesizer(metadata)
+        self.model.fit({"table": df})  # sdv >= 2 takes {table name: frame}
+        return self
+
+    def sample(self, n: int):
+        rows = self.model.sample(n)
+        return rows["table"] if isinstance(rows, dict) else rows
+
+
+def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs: int | None = None,
+                      stage2: str = "flow") -> dict[str, Callable]:
+    """``{name: make(seed, epochs=None) -> object with fit(df, discrete_columns) and sample(n)}``.
+    ``msvae`` is the multi-stage model (stage 2 ``stage2``); its stage 1 alone is scored from the
+    same fit (``msvae_stage1``). With the ``ctgan`` package: ``ctgan``, ``tvae`` at
+    ``peer_epochs`` (default: theirs, 300) and ``ctgan_equal_time``, ``tvae_equal_time``, whose
+    epochs ``run`` sets to match msvae's fit time; with ``sdv``: ``gaussian_copula``."""
     from msvae.models.tabular import TabularSynthesizer
 
     stage2_epochs = epochs if stage2_epochs is None else stage2_epochs
-    peer_epochs = epochs if peer_epochs is None else peer_epochs
+    peer_epochs = PEER_DEFAULT_EPOCHS if peer_epochs is None else peer_epochs
     makers: dict[str, Callable] = {
-        "msvae": lambda seed: TabularSynthesizer(epochs=epochs, stage2_epochs=stage2_epochs,
-                                                 seed=seed, progress=False),
+        "msvae": lambda seed, epochs_=None: TabularSynthesizer(
+            epochs=epochs, stage2_epochs=stage2_epochs, stage2=stage2, seed=seed, progress=False),
     }
     try:
         import ctgan
     except ImportError:
+        ctgan = None
+    if ctgan is not None:
+        def peer(cls):
+            def make(seed, epochs_=None):
+                model = cls(epochs=peer_epochs if epochs_ is None else epochs_, enable_gpu=False)
+                model.set_random_state(seed)
+                return model
+            return make
+
+        for name, cls in (("ctgan", ctgan.CTGAN), ("tvae", ctgan.TVAE)):
+            makers[name] = makers[name + EQUAL_TIME] = peer(cls)
+    try:
+        import sdv  # noqa: F401
+    except ImportError:
         return makers
-
-    def peer(cls):
-        def make(seed):
-            model = cls(epochs=peer_epochs, enable_gpu=False)
-            model.set_random_state(seed)
-            return model
-        return make
-
-    makers.update(ctgan=peer(ctgan.CTGAN), tvae=peer(ctgan.TVAE))
+    makers["gaussian_copula"] = lambda seed, epochs_=None: GaussianCopula(seed)
     return makers
+
+
+def _equal_time_epochs(rows: list[dict], table: str, seed: int, peer: str, peer_epochs: int) -> int:
+    """Epochs that give ``peer`` msvae's fit time on ``table`` and ``seed``, from the two fits' rows."""
+    seconds = {r["synthesizer"]: r["fit_seconds"] for r in rows if r["table"] == table and r["seed"] == seed}
+    if "msvae" not in seconds or peer not in seconds:
+        raise ValueError(f"{peer}{EQUAL_TIME} needs msvae and {peer} fitted first on {table}, seed {seed}")
+    return max(1, round(peer_epochs * seconds["msvae"] / seconds[peer]))
+
+
+def sdmetrics_scores(real, synthetic, discrete: Iterable[str]) -> dict[str, float]:
+    """SDMetrics' ``QualityReport`` score (default pair thresholds) and ``LogisticDetection``."""
+    import warnings
+
+    from sdmetrics.reports.single_table import QualityReport
+    from sdmetrics.single_table import LogisticDetection
+
+    discrete = set(discrete)
+    metadata = {"columns": {c: {"sdtype": "categorical" if c in discrete else "numerical"}
+                            for c in real.columns}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = QualityReport()
+        report.generate(real, synthetic, metadata, verbose=False)
+        return {"sdmetrics_quality": float(report.get_score()),
+                "sdmetrics_detection": float(LogisticDetection.compute(real, synthetic, metadata))}
 
 
 def evaluate(real_train, real_test, synthetic, discrete: Iterable[str], target: str, seed: int) -> dict:
@@ -82,7 +146,8 @@ def evaluate(real_train, real_test, synthetic, discrete: Iterable[str], target: 
     return {**scores, "ml_efficacy": efficacy["synthetic"], "ml_efficacy_real": efficacy["real"],
             "ml_metric": efficacy["metric"],
             "detection": metrics.detection(real_train, synthetic, discrete, seed=seed)["score"],
-            "privacy": metrics.dcr_baseline_protection(real_train, synthetic, discrete, seed=seed)["score"]}
+            "privacy": metrics.dcr_baseline_protection(real_train, synthetic, discrete, seed=seed)["score"],
+            **sdmetrics_scores(real_train, synthetic, discrete)}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -94,8 +159,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (table, name), group in groups.items():
         entry = {"table": table, "synthesizer": name, "seeds": len(group)}
         for metric in METRICS:
-            values = np.array([r[metric] for r in group], dtype=np.float64)
-            entry[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+            values = np.array([r[metric] for r in group if r.get(metric) is not None], dtype=np.float64)
+            entry[metric] = (None if not len(values) else
+                             {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0})
         summary.append(entry)
     return summary
 
@@ -104,7 +170,8 @@ def markdown(summary: list[dict]) -> str:
     header = "| table | synthesizer | " + " | ".join(METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 2)]
     for entry in summary:
-        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" if "seconds" not in m
+        cells = ["n/a" if entry[m] is None else
+                 f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" if "seconds" not in m and m != "held_out_nll"
                  else f"{entry[m]['mean']:.1f} ± {entry[m]['std']:.1f}" for m in METRICS]
         lines.append(f"| {entry['table']} | {entry['synthesizer']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -225,54 +292,81 @@ def plot_traversals(profiles: dict, ranking, path: Path, values: list[float], to
 def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: int = 100,
         stage2_epochs: int | None = None, peer_epochs: int | None = None,
         synthesizers: Iterable[str] | None = None, max_rows: int | None = None,
-        target: str | None = None, discrete_columns: Iterable[str] = (),
+        target: str | None = None, discrete_columns: Iterable[str] = (), stage2: str = "flow",
         log: Callable[[str], None] = print) -> list[dict]:
-    """Fits and scores every synthesizer on every table with every seed; writes ``rows.json``,
-    ``summary.json``, ``summary.md`` and figures to ``out``; returns the summary. ``target`` and
-    ``discrete_columns`` describe CSV tables (see ``load_table``)."""
+    """Fits and scores every synthesizer on every table with every seed; writes ``rows.json``
+    (after every fit; a rerun keeps the rows there and fits only what is missing), the synthetic
+    tables (``synthetic/``), msvae's models (``models/``), ``summary.json``, ``summary.md`` and
+    figures to ``out``; returns the summary. ``target`` and ``discrete_columns`` describe CSV tables
+    (see ``load_table``); ``stage2`` is msvae's."""
+    import pandas as pd
+
+    from msvae.models.tabular import TabularSynthesizer
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    makers = make_synthesizers(epochs, stage2_epochs, peer_epochs)
+    for folder in (out, out / "synthetic", out / "models"):
+        folder.mkdir(parents=True, exist_ok=True)
+    makers = make_synthesizers(epochs, stage2_epochs, peer_epochs, stage2)
     names = list(makers) if synthesizers is None else list(synthesizers)
     unknown = [n for n in names if n not in makers]
     if unknown:
         raise ValueError(f"unknown or unavailable synthesizers {unknown}; available: {list(makers)}")
-    rows = []
+    names.sort(key=lambda n: n.endswith(EQUAL_TIME))  # they need msvae's and their peer's fit times
+    peer_epochs = PEER_DEFAULT_EPOCHS if peer_epochs is None else peer_epochs
+    path = out / "rows.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
     for table in tables:
         df, discrete, target_column = load_table(table, target, discrete_columns)
         label = Path(table).stem if table.endswith(".csv") else table
         if max_rows is not None:
             df = df.iloc[np.random.default_rng(0).permutation(len(df))[:max_rows]]
         train, test = split(df)
-        last = {}
         for seed in seeds:
             for name in names:
-                model = makers[name](seed)
+                done = {(r["table"], r["synthesizer"], r["seed"]) for r in rows}
+                if (label, name, seed) in done:
+                    continue
+                extra = None
+                if name.endswith(EQUAL_TIME):
+                    extra = _equal_time_epochs(rows, label, seed, name[:-len(EQUAL_TIME)], peer_epochs)
+                model = makers[name](seed, extra)
                 started = time.perf_counter()
                 model.fit(train, discrete_columns=list(discrete))
                 fit_seconds = time.perf_counter() - started
                 variants = ({name: {"seed": seed}, "msvae_stage1": {"stage": "stage1", "seed": seed}}
                             if name == "msvae" else {name: {}})
+                nll = model.nll_bound(test, seed=seed) if name == "msvae" else {}
+                if name == "msvae":
+                    model.save(out / "models" / f"{label}_seed{seed}.pt")
                 for variant, options in variants.items():
                     started = time.perf_counter()
                     synthetic = model.sample(len(train), **options)
                     sample_seconds = time.perf_counter() - started
+                    synthetic.to_csv(out / "synthetic" / f"{label}_{variant}_seed{seed}.csv.gz", index=False)
                     row = {"table": label, "synthesizer": variant, "seed": seed, "rows": len(train),
                            **evaluate(train, test, synthetic, discrete, target_column, seed),
-                           "fit_seconds": fit_seconds, "sample_seconds": sample_seconds}
+                           "held_out_nll": nll.get("full" if variant == "msvae" else "stage1"),
+                           "fit_seconds": fit_seconds, "sample_seconds": sample_seconds,
+                           "epochs": extra if extra is not None else peer_epochs if name in ("ctgan", "tvae") else None}
                     rows.append(row)
                     log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-                    last[variant] = (model, synthetic)
-                (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
-        synthetics = {name: synthetic for name, (_, synthetic) in last.items()}
+                path.write_text(json.dumps(rows, indent=1) + "\n")
+        last = max(seeds)
+        synthetics = {}
+        for name in [n for n in ("msvae", "msvae_stage1", *names) if n != "msvae_stage1" or "msvae" in names]:
+            file = out / "synthetic" / f"{label}_{name}_seed{last}.csv.gz"
+            if file.exists() and name not in synthetics:
+                synthetics[name] = pd.read_csv(file)
         plot_marginals(train, synthetics, discrete, out / f"{label}_marginals.png")
         plot_association_differences(train, synthetics, discrete, out / f"{label}_association_difference.png")
-        if "msvae" in last:
+        model_path = out / "models" / f"{label}_seed{last}.pt"
+        if model_path.exists():
             values = list(np.linspace(-2.5, 2.5, 11))
-            ranking, profiles = last["msvae"][0].traversal_report(values, n=1000)
+            ranking, profiles = TabularSynthesizer.load(model_path).traversal_report(values, n=1000)
             ranking.to_csv(out / f"{label}_factors.csv", index=False)
             plot_traversals(profiles, ranking, out / f"{label}_factors.png", values)
-    summary = summarize(rows)
+    labels = {Path(t).stem if t.endswith(".csv") else t for t in tables}
+    summary = summarize([r for r in rows if r["table"] in labels and r["seed"] in set(seeds)])
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(markdown(summary) + "\n")
     log(markdown(summary))

@@ -195,8 +195,30 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
     factors = (out / "wine_factors.csv").read_text().splitlines()
     assert factors[0] == "factor,column,effect,change" and len(factors) == 1 + 8 * 14
+    for row in rows:
+        assert row["held_out_nll"] is not None and 0 <= row["sdmetrics_quality"] <= 1
+    assert rows[0]["held_out_nll"] < rows[1]["held_out_nll"] + 1.0  # the full model's bound, then stage 1's
+    main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
+          "--synthesizers", "msvae", "--epochs", "1"])  # a rerun resumes: nothing is fitted again
+    assert json.loads((out / "rows.json").read_text()) == rows
     with pytest.raises(ValueError, match="unknown or unavailable synthesizers"):
         main(["compare-tables", "--out", str(out), "--tables", "wine", "--synthesizers", "gan"])
+
+
+def test_equal_time_peers_get_msvaes_fit_time_and_the_copula_runs(tmp_path):
+    pytest.importorskip("pandas")
+    from msvae import tabular_benchmark
+
+    rows = [{"table": "t", "seed": 0, "synthesizer": "msvae", "fit_seconds": 30.0},
+            {"table": "t", "seed": 0, "synthesizer": "ctgan", "fit_seconds": 120.0}]
+    assert tabular_benchmark._equal_time_epochs(rows, "t", 0, "ctgan", 300) == 75
+    assert tabular_benchmark._equal_time_epochs(rows[:1] + [{**rows[1], "fit_seconds": 1e6}], "t", 0, "ctgan", 300) == 1
+    with pytest.raises(ValueError, match="needs msvae and tvae fitted first"):
+        tabular_benchmark._equal_time_epochs(rows, "t", 0, "tvae", 300)
+    pytest.importorskip("sdv")
+    df, discrete, _ = tabular_benchmark.load_table("wine")
+    synthetic = tabular_benchmark.GaussianCopula(0).fit(df, discrete).sample(50)
+    assert list(synthetic.columns) == list(df.columns) and len(synthetic) == 50
 
 
 def test_compare_tables_reads_a_users_csv(tmp_path):

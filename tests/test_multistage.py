@@ -6,6 +6,7 @@ from conftest import toy_images
 from msvae.evaluation import encode_images, reconstruction_summary, save_multistage_figures
 from msvae.models import FlowStage2, MultiStageModel, RefinementDecoder, VAEStage2, build_stage2
 from msvae.models.training import save_checkpoint
+from msvae.losses import gaussian_kl
 from msvae.models.stage2 import log_likelihood
 
 SMALL = {"width": 8, "hidden": 32}
@@ -46,8 +47,17 @@ def test_vae_stage2_loss_warms_up_free_bits_then_pays_the_kl_in_full():
     total0, terms0 = stage2.training_loss(x, x1, x1_mean, step=0)
     torch.testing.assert_close(total0, terms0["recon"])  # KL weight 0 at the first step
     assert float(terms0["kl"].detach()) == 0.0  # q(w | x, x1) starts as the prior
-    total, terms = stage2.training_loss(x, x1, x1_mean, step=2)  # weight 0.5, floor 5 nats x 4 dims
-    torch.testing.assert_close(total, terms["recon"] + 0.5 * 4 * 5.0)
+    torch.nn.init.normal_(stage2.encoder.head[-1].weight, std=0.3)  # an informative q(w | x, x1)
+    torch.nn.init.normal_(stage2.decoder.ups[-1].weight, std=0.3)  # a decoder that reads w
+    draws = [stage2.training_loss(x, x1, x1_mean, step=1) for _ in range(2)]
+    assert float(draws[0][1]["kl"].detach()) > 0  # first half of the warm-up: an autoencoder, KL unpaid,
+    torch.testing.assert_close(draws[0][0], draws[0][1]["recon"])
+    torch.testing.assert_close(draws[0][1]["recon"], draws[1][1]["recon"])  # w = the mean, no noise
+    total, terms = stage2.training_loss(x, x1, x1_mean, step=3)  # weight 0.5, floor 5 nats a dimension
+    assert float(terms["recon"]) != float(stage2.training_loss(x, x1, x1_mean, step=3)[1]["recon"])  # noisy w
+    with torch.no_grad():
+        kl_per_dim = gaussian_kl(*stage2.posterior(x, x1_mean)).mean(0)
+    torch.testing.assert_close(total, terms["recon"] + 0.5 * kl_per_dim.clamp(min=5.0).sum())
     total, terms = stage2.training_loss(x, x1, x1_mean, step=4)  # paid in full
     torch.testing.assert_close(total, terms["recon"] + terms["kl"])
 
