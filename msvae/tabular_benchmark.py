@@ -130,6 +130,12 @@ def sdmetrics_scores(real, synthetic, discrete: Iterable[str]) -> dict[str, floa
     discrete = set(discrete)
     metadata = {"columns": {c: {"sdtype": "categorical" if c in discrete else "numerical"}
                             for c in real.columns}}
+    def labelled(frame):  # a missing category is one more label (SDMetrics' encoder refuses None)
+        frame = frame.copy()
+        for c in discrete & set(frame.columns):
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), "<missing>").astype(str)
+        return frame
+    real, synthetic = labelled(real), labelled(synthetic)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = QualityReport()
@@ -335,7 +341,13 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                 fit_seconds = time.perf_counter() - started
                 variants = ({name: {"seed": seed}, "msvae_stage1": {"stage": "stage1", "seed": seed}}
                             if name == "msvae" else {name: {}})
-                nll = model.nll_bound(test, seed=seed) if name == "msvae" else {}
+                if name == "msvae":  # held-out rows whose categories the fit has seen
+                    known = np.ones(len(test), dtype=bool)
+                    for c in discrete:
+                        known &= test[c].isin(train[c].unique()).to_numpy() | test[c].isna().to_numpy()
+                    nll = model.nll_bound(test[known], seed=seed)
+                else:
+                    nll = {}
                 if name == "msvae":
                     model.save(out / "models" / f"{label}_seed{seed}.pt")
                 for variant, options in variants.items():
