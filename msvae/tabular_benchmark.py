@@ -365,9 +365,9 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
                 path.write_text(json.dumps(rows, indent=1) + "\n")
         last = max(seeds)
         synthetics = {}
-        for name in [n for n in ("msvae", "msvae_stage1", *names) if n != "msvae_stage1" or "msvae" in names]:
+        for name in [v for n in names for v in ((n, "msvae_stage1") if n == "msvae" else (n,))]:
             file = out / "synthetic" / f"{label}_{name}_seed{last}.csv.gz"
-            if file.exists() and name not in synthetics:
+            if file.exists():
                 synthetics[name] = pd.read_csv(file)
         plot_marginals(train, synthetics, discrete, out / f"{label}_marginals.png")
         plot_association_differences(train, synthetics, discrete, out / f"{label}_association_difference.png")
