@@ -103,3 +103,13 @@ def test_gaussianize_refuses_bad_input():
         categorical_edges(torch.tensor([0, 1]), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="logits must be"):
         category_of(torch.zeros(2), torch.zeros(3, 3))
+
+
+def test_a_one_category_block_is_the_whole_line_with_probability_one():
+    lo, hi = categorical_edges(torch.zeros(4, dtype=torch.long), torch.randn(4, 1))
+    assert bool(torch.isinf(lo).all() & (lo < 0).all() & torch.isinf(hi).all() & (hi > 0).all())
+    fraction = torch.rand(4, dtype=torch.float64)
+    t, ladj, mass = gaussianize(lo, hi, fraction)
+    torch.testing.assert_close(t, NORMAL.icdf(fraction))
+    assert torch.equal(mass, torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(category_of(t, torch.randn(4, 1)), torch.zeros(4, dtype=torch.long))

@@ -66,7 +66,7 @@ def categorical_thresholds(logits: Tensor) -> Tensor:
 
 def _interval(thresholds: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     """``[lo, hi)`` of bin ``k`` among sorted ``thresholds [..., K - 1]`` (``-inf``/``+inf`` at the ends)."""
-    inf = torch.full_like(thresholds[..., :1], math.inf)
+    inf = thresholds.new_full((*thresholds.shape[:-1], 1), math.inf)
     padded = torch.cat([-inf, thresholds, inf], -1)
     k = k.long().unsqueeze(-1)
     return padded.gather(-1, k).squeeze(-1), padded.gather(-1, k + 1).squeeze(-1)
@@ -74,8 +74,8 @@ def _interval(thresholds: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
 def categorical_edges(k: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
     """``[lo, hi)`` (float64, ``k``'s shape) of categories ``k [...]`` under logits ``[..., K]``."""
-    if logits.shape[:-1] != k.shape or logits.shape[-1] < 2:
-        raise ValueError(f"logits must be [..., K >= 2] over k's shape {tuple(k.shape)}, got "
+    if logits.shape[:-1] != k.shape or logits.shape[-1] < 1:  # K = 1: one bin, the whole line
+        raise ValueError(f"logits must be [..., K >= 1] over k's shape {tuple(k.shape)}, got "
                          f"{tuple(logits.shape)}")
     if bool(((k < 0) | (k >= logits.shape[-1])).any()):
         raise ValueError(f"categories must lie in [0, {logits.shape[-1]})")
