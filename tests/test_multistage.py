@@ -46,7 +46,10 @@ def test_vae_stage2_loss_warms_up_free_bits_then_pays_the_kl_in_full():
     x1, x1_mean = stage1_pair(model, x)
     total0, terms0 = stage2.training_loss(x, x1, x1_mean, step=0)
     torch.testing.assert_close(total0, terms0["recon"])  # KL weight 0 at the first step
-    assert float(terms0["kl"].detach()) == 0.0  # q(w | x, x1) starts as the prior
+    with torch.no_grad():  # q(w | x, x1) starts with random means and unit variances
+        mu, logvar = stage2.posterior(x, x1_mean)
+    torch.testing.assert_close(terms0["kl"].detach(), 0.5 * (mu ** 2).sum(1).mean())
+    assert float(logvar.abs().max()) == 0.0
     torch.nn.init.normal_(stage2.encoder.head[-1].weight, std=0.3)  # an informative q(w | x, x1)
     torch.nn.init.normal_(stage2.decoder.ups[-1].weight, std=0.3)  # a decoder that reads w
     draws = [stage2.training_loss(x, x1, x1_mean, step=1) for _ in range(2)]

@@ -126,17 +126,23 @@ def test_kl_penalty_warms_up_and_ends_paid_in_full():
     assert float(kl_penalty(kl, 0, 0.5, 0)) == pytest.approx(float(kl.sum()))
 
 
-def test_untrained_vae_stage2_has_exactly_stage1s_bound():
+def test_untrained_vae_stage2_is_stage1_plus_its_posteriors_kl():
+    """The untrained decoder returns ``x1``, so the bound is stage 1's plus ``KL(q(w | x, x1) || p(w))``
+    of the untrained encoder (random means, unit variances), and nothing else."""
     model = image_model("vae").eval()
     x = toy_images(6)
     _, _, x1, x1_mean = sampled_stage1_output(model.stage1, x)
     terms = model.stage2.log_likelihood_bound(x, x1, x1_mean)
-    torch.testing.assert_close(terms["log_likelihood"], log_likelihood(x, x1, "bernoulli"))
-    assert float(terms["w_kl"].abs().max()) == 0.0
+    mu, logvar = model.stage2.posterior(x, x1_mean)
+    assert float(logvar.abs().max()) == 0.0 and float(mu.abs().min()) > 0.0
+    torch.testing.assert_close(terms["w_kl"], 0.5 * mu ** 2)
+    torch.testing.assert_close(terms["log_likelihood"],
+                               log_likelihood(x, x1, "bernoulli") - terms["w_kl"].sum(1))
     encoded = encode_images(model, lambda i: x[torch.as_tensor(i)], torch.arange(6).numpy())
-    torch.testing.assert_close(encoded["nll_full"], encoded["nll_stage1"])  # same z draw for both
+    torch.testing.assert_close(encoded["nll_full"], encoded["nll_stage1"] + encoded["w_kl"].sum(1))  # same z
     summary = reconstruction_summary(encoded, model.stage2)
-    assert summary["nll_bound"]["full_over_stage1"] == pytest.approx(1.0)
+    assert summary["nll_bound"]["full_over_stage1"] == pytest.approx(
+        1.0 + summary["w_kl"] / summary["nll_bound"]["stage1"]["nats"])
     assert summary["nll_bound"]["stage1"]["bits_per_dim"] == pytest.approx(
         summary["nll_bound"]["stage1"]["nats"] / (64 * 64 * math.log(2)))
 

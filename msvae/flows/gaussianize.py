@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+from msvae.losses import LIKELIHOODS
+
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -108,11 +109,6 @@ def _near_tail(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     log_a = torch.special.log_ndtr(torch.where(right, -hi, lo))
     log_b = torch.special.log_ndtr(torch.where(right, -lo, hi))
     return right, log_a, log_b + torch.log(-torch.expm1(log_a - log_b))
-
-
-def log_mass(lo: Tensor, hi: Tensor) -> Tensor:
-    """``log P = log(Phi(hi) - Phi(lo))`` elementwise (float64)."""
-    return _near_tail(lo, hi)[2]
 
 
 def gaussianize(lo: Tensor, hi: Tensor, fraction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
