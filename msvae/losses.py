@@ -30,7 +30,6 @@ from msvae.priors import AnisotropicGaussian, LearnedPrior, as_distribution
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian")
 Reconstruction = str | Callable[[Tensor, Tensor], Tensor]
-LIKELIHOODS = ("bernoulli", "gaussian")  # the pixel likelihoods ``reconstruction_nll`` names
 
 
 def reconstruction_nll(x: Tensor, x_logits_or_mean: Tensor, recon: Reconstruction = "bernoulli") -> Tensor:

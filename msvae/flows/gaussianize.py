@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from msvae.losses import LIKELIHOODS
+from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

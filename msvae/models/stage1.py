@@ -9,11 +9,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from msvae.distributed import data_parallel, process_seed, rank_and_size
-from msvae.losses import LIKELIHOODS, BetaTCVAELoss, reconstruction_nll
+from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
                                    resolve_precision, save_checkpoint, train_resumably)
-
 
 
 class DisentangledVAE(nn.Module):

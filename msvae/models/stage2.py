@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from msvae.distributed import all_rows, data_parallel, process_seed, rank_and_size
 from msvae.flows import MultiScaleFlow
 from msvae.flows.gaussianize import bin_edges, bin_of, check as gaussianize_check, gaussianize
-from msvae.losses import LIKELIHOODS, gaussian_kl, reconstruction_nll
+from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, gaussian_kl, reconstruction_nll
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
 from msvae.models.training import (RandomBatches, autocast, flush_denormals, kl_penalty, linear_warmup,
