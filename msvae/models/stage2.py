@@ -446,10 +446,7 @@ class VAEStage2(SecondStage):
         self.w_dim, self.likelihood = w_dim, likelihood
         self.free_bits, self.kl_warmup = free_bits, kl_warmup
         self.encoder = ENCODERS[encoder](w_dim, 3 * channels, width, hidden)
-        # q(w | x, x1) starts with unit variances and means that are random features of (x, x1):
-        # from zero means the autoencoding half of the warm-up has nothing to amplify (KL 0.004
-        # nats at its end and 0 through 5,250 steps of a 10-minute run of the quick preset's
-        # stage 2); random ones give 3.9 nats and reconstruction 78 vs 92 nats at step 800
+        # q(w | x, x1): random means, unit variances (zero means stay unused: see kl_warmup)
         nn.init.zeros_(self.encoder.head[-1].weight[w_dim:])
         nn.init.zeros_(self.encoder.head[-1].bias)
         self.centre = CENTRINGS[centring](w_dim, channels, encoder, width, hidden) if centred else None
