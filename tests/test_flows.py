@@ -8,8 +8,8 @@ import torch
 
 from msvae.flows import (ActNorm, AffineCoupling, AffineCoupling2d, ComposedTransform,
                          ConditionalFlow, InvertibleConv1x1, MultiScaleFlow, RandomPermutation,
-                         ReversePermutation, SplineCoupling, SplineCoupling2d, bits_per_dim,
-                         dequantize, quantize, squeeze, unsqueeze)
+                         ReversePermutation, SplineCoupling, SplineCoupling2d, TriangularAffine,
+                         bits_per_dim, dequantize, quantize, squeeze, unsqueeze)
 
 C, DC, B = 5, 3, 7          # vector features, context features, batch (odd on purpose)
 IC, IDC, H, W = 4, 2, 6, 4  # image channels, context channels, height, width
@@ -31,6 +31,7 @@ def vector_cases(context):
         "spline": lambda: SplineCoupling(C, dc, mask=mask, hidden=16, bins=5, tail_bound=2.0),
         "spline_half": lambda: SplineCoupling(C, dc, hidden=16, bins=3),
         "actnorm": lambda: ActNorm(C),
+        "triangular": lambda: TriangularAffine(C),
         "reverse": lambda: ReversePermutation(C),
         "random": lambda: RandomPermutation(C, seed=3),
         "conv1x1": lambda: InvertibleConv1x1(C, seed=1),
@@ -414,6 +415,37 @@ def test_bad_input_raises_clear_value_errors():
         MultiScaleFlow(1, 6, levels=2)
     with pytest.raises(ValueError, match="x must lie in"):
         dequantize(torch.full((2, 3), 1.5))
+
+
+def test_triangular_affine_starts_at_the_identity_and_fits_the_gaussian_in_closed_form():
+    layer = TriangularAffine(3)
+    x = torch.randn(5, 3)
+    y, ladj = layer(x)
+    torch.testing.assert_close(y, x)
+    torch.testing.assert_close(ladj, torch.zeros(5))
+    torch.manual_seed(0)
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.5, 0.5, 0.0], [-1.0, 0.3, 1.0]])
+    data = torch.randn(20_000, 3) @ mixing.T + torch.tensor([1.0, -2.0, 3.0])
+    layer.fit_gaussian(data)
+    white, ladj = layer(data)
+    torch.testing.assert_close(white.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(white.T), torch.eye(3), atol=1e-2, rtol=0)  # shrunk a little
+    # the log-det is the log-density gain of the fitted Gaussian: -log|det mixing| up to sampling error
+    assert abs(float(ladj[0]) + math.log(abs(float(torch.linalg.det(mixing))))) < 0.02
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer.fit_gaussian(torch.randn(10, 4))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        layer.fit_gaussian(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="features must be >= 1"):
+        TriangularAffine(0)
+
+
+def test_spline_flow_with_a_linear_layer_starts_at_the_identity():
+    flow = ConditionalFlow.spline(4, 2, layers=2, hidden=8, linear=True)
+    assert isinstance(flow.transform.transforms[0], TriangularAffine)
+    x, c = torch.randn(6, 4), torch.randn(6, 2)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    torch.testing.assert_close(flow.log_prob(x, c), normal.log_prob(x).sum(1), atol=1e-5, rtol=1e-5)
 
 
 def test_actnorm_follows_a_loaded_initialized_flag():

@@ -83,6 +83,42 @@ def test_soft_one_hot_scores_decode_to_their_largest_entry():
     assert list(back["city"]) == ["b", "c", "b"]
 
 
+def test_a_value_most_rows_hold_is_a_point_mass_decoded_exactly():
+    """``gain`` is 0 in ~90 % of rows: that value is a mode of its own (std 0, offset 0), so every
+    row whose mode is it decodes to exactly 0, whatever its offset score; a value held by fewer than
+    ``POINT_MIN_ROWS`` rows is no point, however large its share of a small table."""
+    from msvae.data.tabular import POINT_MIN_ROWS
+
+    df = mixed_frame()
+    transformer = TabularTransformer().fit(df)
+    gain = next(c for c in transformer.columns if c.name == "gain")
+    point = gain.stds == 0
+    assert gain.means[point].tolist() == [0.0]
+    assert gain.weights[point][0] == pytest.approx((df["gain"] == 0).mean())
+    assert gain.weights.sum() == pytest.approx(1.0)
+    offset, modes = [s for s in transformer.spans if s.column == "gain"]
+    X = transformer.transform(df)
+    zero = (df["gain"] == 0).to_numpy()
+    at_point = X[:, modes.start + np.flatnonzero(point)[0]] == 1
+    assert (at_point == zero).all() and (X[zero, offset.start] == 0).all()
+    X[:, offset.start] = np.random.default_rng(0).uniform(-1, 1, len(df))  # any offset score
+    assert (transformer.inverse_transform(X)["gain"][zero] == 0).all()
+    # without points (point_share 1) the zeros go to a Gaussian mode and come back smeared
+    smooth = TabularTransformer(point_share=1.0).fit(df)
+    assert not (next(c for c in smooth.columns if c.name == "gain").stds == 0).any()
+    Y = smooth.transform(df)
+    start = next(s for s in smooth.spans if s.column == "gain").start
+    Y[:, start] = np.random.default_rng(0).uniform(-1, 1, len(df))
+    assert (smooth.inverse_transform(Y)["gain"][zero] != 0).mean() > 0.5
+    # a table where every value is held by many rows: all points, an exact round trip
+    coded = pd.DataFrame({"v": np.repeat([0.5, 1.25, 7.0], 40)})
+    column = TabularTransformer().fit(coded).columns[0]
+    assert sorted(column.means.tolist()) == [0.5, 1.25, 7.0] and (column.stds == 0).all()
+    # a small table's repeated value stays smooth
+    small = pd.DataFrame({"v": np.r_[np.zeros(POINT_MIN_ROWS - 1), np.linspace(1, 2, 11)]})
+    assert not (TabularTransformer().fit(small).columns[0].stds == 0).any()
+
+
 def test_bad_input_is_a_clear_error():
     df = mixed_frame(20)
     with pytest.raises(ValueError, match="df is empty"):
@@ -101,6 +137,8 @@ def test_bad_input_is_a_clear_error():
         TabularTransformer().transform(df)
     with pytest.raises(ValueError, match="continuous must be one of"):
         TabularTransformer("minmax")
+    with pytest.raises(ValueError, match=r"point_share must be in \(0, 1\]"):
+        TabularTransformer(point_share=0)
     transformer = TabularTransformer().fit(df)
     with pytest.raises(ValueError, match="'city' has the category 'z', unseen"):
         transformer.transform(df.assign(city="z"))

@@ -123,7 +123,7 @@ def test_untrained_vae_stage2_is_stage1s_likelihood():
 def test_fit_sample_save_load(tmp_path, stage2):
     df = small_frame()
     synthesizer = TabularSynthesizer(latent_dim=3, stage2=stage2, hidden=(32, 32), epochs=2,
-                                     stage2_epochs=2, batch_size=100, progress=False,
+                                     stage2_epochs=2, min_steps=1, batch_size=100, progress=False,
                                      stage2_options={"hidden": 32})
     synthesizer.fit(df, discrete_columns=["count"])
     rows = synthesizer.sample(500, seed=1)
@@ -146,9 +146,33 @@ def test_fit_sample_save_load(tmp_path, stage2):
     assert len(loaded.stage1.history) == 2
 
 
+def test_each_stage_ends_at_its_best_held_out_bound():
+    """Model selection: every stage's held-out bound is checked; the fitted model is the one at the
+    best check (its bound on the held-out rows is that check's), and a stage that keeps getting
+    worse stops after `patience` checks."""
+    df = small_frame(400)
+    synthesizer = TabularSynthesizer(latent_dim=2, hidden=(32, 32), epochs=60, stage2_epochs=60,
+                                     min_steps=1, batch_size=60, lr=3e-3, patience=3, validation=0.2,
+                                     progress=False, stage2_options={"hidden": 32}).fit(df)
+    _, held_out = synthesizer._split(torch.as_tensor(synthesizer.transformer.transform(df)))
+    assert len(held_out) == 80
+    bounds = synthesizer._bounds(held_out, seed=0)
+    for stage, key in (("stage1", "stage1"), ("stage2", "full")):
+        selection = synthesizer.selection[stage]
+        scores = [score for _, score in selection["checks"]]
+        assert len(scores) >= 2 and selection["best"] == min(scores)
+        assert bounds[key] == pytest.approx(selection["best"], rel=1e-5), stage
+        last = selection["checks"][-1][0]
+        if selection["stopped"]:  # stopped `patience` checks after the best
+            assert sum(step > selection["best_step"] for step, _ in selection["checks"]) == 3
+        else:
+            assert last == 60 * 6
+    assert synthesizer.selection["stage2"]["best"] < synthesizer.selection["stage1"]["best"]
+
+
 def test_interrupted_fit_resumes(tmp_path):
     df = small_frame(200)
-    options = dict(latent_dim=2, hidden=(16, 16), batch_size=50, progress=False,
+    options = dict(latent_dim=2, hidden=(16, 16), batch_size=50, min_steps=1, progress=False,
                    stage2_options={"hidden": 16})
     straight = TabularSynthesizer(epochs=3, stage2_epochs=3, **options).fit(df)
     TabularSynthesizer(epochs=3, stage2_epochs=1, **options).fit(df, checkpoint_dir=tmp_path)
@@ -160,7 +184,7 @@ def test_interrupted_fit_resumes(tmp_path):
 def test_missing_values_come_back_at_their_rate():
     df = small_frame(600)
     synthesizer = TabularSynthesizer(latent_dim=2, stage2=None, hidden=(32, 32), epochs=40,
-                                     batch_size=100, lr=1e-2, progress=False).fit(df)
+                                     min_steps=1, batch_size=100, lr=1e-2, progress=False).fit(df)
     rows = synthesizer.sample(3000)
     assert rows["score"].isna().mean() == pytest.approx(df["score"].isna().mean(), abs=0.04)
     assert rows["tag"].isna().mean() == pytest.approx(df["tag"].isna().mean(), abs=0.05)
@@ -170,15 +194,18 @@ def test_synthesizer_rejects_bad_use():
     with pytest.raises(ValueError, match="stage2 must be one of"):
         TabularSynthesizer(stage2="gan")
     for option, value in (("epochs", -1), ("stage2_epochs", 0), ("batch_size", 0), ("latent_dim", 1.5),
-                          ("lr", 0.0), ("lr", float("nan")), ("beta", -1.0)):
+                          ("lr", 0.0), ("lr", float("nan")), ("beta", -1.0), ("min_steps", 0),
+                          ("patience", 0), ("validation", 1.0), ("validation", -0.1)):
         with pytest.raises(ValueError, match=option):
             TabularSynthesizer(**{option: value})
     synthesizer = TabularSynthesizer(latent_dim=2, hidden=(8,), epochs=1, stage2_epochs=1,
-                                     progress=False)
+                                     min_steps=1, progress=False)
     with pytest.raises(ValueError, match="not fitted"):
         synthesizer.sample(3)
     with pytest.raises(ValueError, match="df is empty"):
         synthesizer.fit(pd.DataFrame())
+    with pytest.raises(ValueError, match="too few to hold out"):
+        TabularSynthesizer(validation=0.5, progress=False).fit(small_frame(3))
     synthesizer.fit(small_frame(50))
     with pytest.raises(ValueError, match="n must be a positive int"):
         synthesizer.sample(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from msvae.models import DisentangledVAE, MultiStageModel, TabularSynthesizer
-from msvae.models.training import load_checkpoint, run_steps
+from msvae.models.training import EarlyStopping, load_checkpoint, run_steps
 
 # Stage 1 and a stage 2 on random vectors, checkpointing every 0.2 s (by time: 10,000 steps).
 CHILD = """
@@ -119,3 +119,29 @@ def test_files_that_are_not_msvae_models_are_refused_clearly(tmp_path, load):
         load(tmp_path / "missing")
     if load is DisentangledVAE.load:
         assert load(good).latent_dim == 2
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_after_patience(capsys):
+    model = torch.nn.Linear(1, 1, bias=False)
+    scores = iter([5.0, 3.0, 4.0, 2.0, 2.5, 2.1, 3.0, 1.0])  # best 2.0 at step 8, then 3 worse
+
+    def step(index):
+        with torch.no_grad():
+            model.weight.fill_(float(index + 1))
+        return {"loss": 1.0}
+
+    stopper = EarlyStopping(model, lambda: next(scores), every=2, patience=3)
+    run_steps(step, start=0, steps=100, history=[], monitor=stopper, desc="toy")
+    assert stopper.checks == [[2, 5.0], [4, 3.0], [6, 4.0], [8, 2.0], [10, 2.5], [12, 2.1], [14, 3.0]]
+    assert stopper.stopped and stopper.best_step == 8 and stopper.best == 2.0
+    assert "toy: stopped early at step 14 of 100" in capsys.readouterr().err
+    stopper.restore()
+    assert float(model.weight.detach()) == 8.0  # the weights after step 8
+    resumed = EarlyStopping(torch.nn.Linear(1, 1, bias=False), lambda: 0.0, every=2, patience=3)
+    resumed.load_state_dict(stopper.state_dict())
+    resumed.restore()
+    assert float(resumed.module.weight.detach()) == 8.0 and resumed.stopped
+    with pytest.raises(ValueError, match="every and patience"):
+        EarlyStopping(model, lambda: 0.0, every=0, patience=1)
+    with pytest.raises(FloatingPointError, match="held-out score is nan"):
+        EarlyStopping(model, lambda: float("nan"), every=1, patience=1)(1)

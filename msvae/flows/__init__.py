@@ -10,11 +10,12 @@ from msvae.flows.conditional_flow import ConditionalFlow
 from msvae.flows.coupling import AffineCoupling, SplineCoupling
 from msvae.flows.coupling2d import AffineCoupling2d, SplineCoupling2d
 from msvae.flows.dequantize import bits_per_dim, dequantize, quantize
+from msvae.flows.linear import TriangularAffine
 from msvae.flows.multiscale import MultiScaleFlow, squeeze, unsqueeze
 from msvae.flows.permutations import (InvertibleConv1x1, Permutation, RandomPermutation,
                                       ReversePermutation)
 
 __all__ = ["ActNorm", "AffineCoupling", "AffineCoupling2d", "ComposedTransform", "ConditionalFlow",
            "InvertibleConv1x1", "MultiScaleFlow", "Permutation", "RandomPermutation",
-           "ReversePermutation", "SplineCoupling", "SplineCoupling2d", "Transform", "bits_per_dim",
+           "ReversePermutation", "SplineCoupling", "SplineCoupling2d", "Transform", "TriangularAffine", "bits_per_dim",
            "dequantize", "quantize", "squeeze", "unsqueeze"]

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from msvae.flows.actnorm import ActNorm
 from msvae.flows.base import ComposedTransform, Transform, check_context, check_tensor
 from msvae.flows.coupling import AffineCoupling, SplineCoupling
+from msvae.flows.linear import TriangularAffine
 from msvae.flows.permutations import RandomPermutation, ReversePermutation
 
 
@@ -63,19 +64,23 @@ class ConditionalFlow(nn.Module):
     @classmethod
     def spline(cls, features: int, context_features: int | None = None, layers: int = 4,
                hidden: int = 64, bins: int = 8, tail_bound: float = 3.0,
-               hidden_layers: int = 2, actnorm_data_init: bool = True) -> "ConditionalFlow":
+               hidden_layers: int = 2, actnorm_data_init: bool = True,
+               linear: bool = False) -> "ConditionalFlow":
         """Neural spline flow: ``ActNorm`` then ``layers`` spline couplings with permutations
-        (``actnorm_data_init=False``: the flow starts as a permutation, for standardised inputs)."""
+        (``actnorm_data_init=False``: the flow starts as a permutation, for standardised inputs;
+        ``linear=True``: a ``TriangularAffine`` in place of ``ActNorm``, a full-covariance Gaussian
+        layer that starts at the identity)."""
+        first = TriangularAffine(features) if linear else ActNorm(features, data_init=actnorm_data_init)
         return cls(features, context_features, _coupling_stack(
-            features, layers, actnorm_data_init, lambda: SplineCoupling(features, context_features, None, hidden,
-                                                     hidden_layers, bins, tail_bound)))
+            features, layers, first, lambda: SplineCoupling(features, context_features, None, hidden,
+                                                            hidden_layers, bins, tail_bound)))
 
     @classmethod
     def affine(cls, features: int, context_features: int | None = None, layers: int = 4,
                hidden: int = 64, clamp: float = 2.0, hidden_layers: int = 2) -> "ConditionalFlow":
         """RealNVP-style flow: ``ActNorm`` then ``layers`` affine couplings with permutations."""
         return cls(features, context_features, _coupling_stack(
-            features, layers, True, lambda: AffineCoupling(features, context_features, None, hidden,
+            features, layers, ActNorm(features), lambda: AffineCoupling(features, context_features, None, hidden,
                                                      hidden_layers, clamp)))
 
     def _check(self, x: Tensor, context: Tensor | None) -> None:
@@ -125,13 +130,13 @@ class ConditionalFlow(nn.Module):
         return torch.get_default_dtype(), torch.device("cpu")
 
 
-def _coupling_stack(features: int, layers: int, actnorm_data_init: bool,
-                    make_coupling) -> list[Transform]:
-    """``ActNorm``, then ``layers`` couplings separated by permutations (reversal for C = 2,
-    so consecutive layers transform different features; seeded random orders for C > 2)."""
+def _coupling_stack(features: int, layers: int, first: Transform, make_coupling) -> list[Transform]:
+    """``first`` (a normalising layer), then ``layers`` couplings separated by permutations
+    (reversal for C = 2, so consecutive layers transform different features; seeded random orders
+    for C > 2)."""
     if layers < 1:
         raise ValueError(f"layers must be >= 1, got {layers}")
-    transforms: list[Transform] = [ActNorm(features, data_init=actnorm_data_init)]
+    transforms: list[Transform] = [first]
     for index in range(layers):
         if index > 0 and features > 1:
             transforms.append(ReversePermutation(features) if features == 2

@@ -12,7 +12,7 @@ from msvae.distributed import data_parallel, process_seed, rank_and_size
 from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
-                                   resolve_precision, save_checkpoint, train_resumably)
+                                   resolve_precision, save_checkpoint, train_resumably, EarlyStopping)
 
 
 class DisentangledVAE(nn.Module):
@@ -92,7 +92,8 @@ class DisentangledVAE(nn.Module):
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True,
             seed: int = 0, time_limit: float | None = None, precision: str = "fp32",
-            replacement: bool = True, process_group=None) -> list[dict]:
+            replacement: bool = True, process_group=None,
+            monitor: EarlyStopping | None = None) -> list[dict]:
         """Trains for ``steps`` Adam steps on random batches of ``data`` (tensor [N, ...] or dataset;
         ``training.RandomBatches``, drawn with ``replacement`` or, for small tables, without).
 
@@ -115,6 +116,8 @@ class DisentangledVAE(nn.Module):
         (``distributed.data_parallel``), the ranks start from, and stay at, the same weights, and the first
         rank writes the checkpoints. The default loss then estimates its terms on the global
         batch; a given ``loss`` should have been built with the same ``process_group`` for that.
+        ``monitor`` (``training.EarlyStopping``, one process): model selection by a held-out score,
+        checked during training; training may stop early and ends at the best weights.
         Returns the history: every ``log_every`` steps, the mean of the loss terms.
         """
         rank, ranks = rank_and_size(process_group)
@@ -162,7 +165,8 @@ class DisentangledVAE(nn.Module):
                             settings=settings, generator=generator, history=self.history, steps=steps,
                             time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                             checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                            progress=progress, desc="stage 1", process_group=process_group)
+                            progress=progress, desc="stage 1", process_group=process_group,
+                            monitor=monitor)
         self.eval()
         return self.history
 

@@ -38,7 +38,7 @@ from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, gaussian_kl, reconstruc
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
 from msvae.models.training import (RandomBatches, autocast, flush_denormals, kl_penalty, linear_warmup,
-                                   resolve_precision, train_resumably)
+                                   resolve_precision, train_resumably, EarlyStopping)
 
 BOUNDS = ("elbo", "dequantized", "exact", None)
 
@@ -332,7 +332,7 @@ class SecondStage(nn.Module):
             checkpoint_seconds: float = 60.0,
             resume: bool = True, log_every: int = 50, progress: bool = True, seed: int = 0,
             time_limit: float | None = None, precision: str = "fp32", replacement: bool = True,
-            process_group=None) -> list[dict]:
+            process_group=None, monitor: EarlyStopping | None = None) -> list[dict]:
         """Trains this stage on random batches of ``data`` (``replacement`` and ``process_group``
         as in ``DisentangledVAE.fit``; submodules whose state is estimated from batches rather
         than by gradients declare a ``process_group`` attribute, which this sets) with ``stage1`` (a ``DisentangledVAE``)
@@ -341,7 +341,8 @@ class SecondStage(nn.Module):
         ``stage2.pt`` in ``checkpoint_dir`` and resumes from it as ``DisentangledVAE.fit`` does.
         ``precision`` as there, for this stage's networks (float32 for a stage without
         ``mixed_precision``); stage 1 runs in float32, so ``x1`` is exactly what sampling gives
-        (in bfloat16 it was no faster). Returns the history (``self.history``).
+        (in bfloat16 it was no faster). ``monitor`` as in ``DisentangledVAE.fit``. Returns the
+        history (``self.history``).
         """
         stage1.eval()
         precision = resolve_precision(precision, self.device) if self.mixed_precision else "fp32"
@@ -373,7 +374,8 @@ class SecondStage(nn.Module):
                                 settings=settings, generator=generator, history=self.history, steps=steps,
                                 time_limit=time_limit, extra={"config": self.config}, log_every=log_every,
                                 checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                                progress=progress, desc="stage 2", process_group=process_group)
+                                progress=progress, desc="stage 2", process_group=process_group,
+                                monitor=monitor)
                 self.eval()
                 with flush_denormals():
                     self.finish(stage1, batches)

@@ -25,7 +25,7 @@ from msvae.losses import BetaTCVAELoss, gaussian_kl
 from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
-from msvae.models.training import build_from_file, kl_penalty, save_checkpoint
+from msvae.models.training import EarlyStopping, build_from_file, kl_penalty, save_checkpoint
 from msvae.ops.validation import check_number
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
@@ -95,9 +95,11 @@ class TabularFlowStage2(SecondStage):
     standard normal it is under stage 1's model given ``x1``: scalars standardised by stage 1's
     mean and scale, discrete atoms dequantised within their bin and mapped by the inverse CDF
     (``flows.gaussianize``; a block's categories in column order). The flow (``ConditionalFlow``
-    with context ``x1``; couplings zero-initialised, ``ActNorm`` at the identity) maps these to
-    ``w``, one value per atom. Untrained, stage 2 *is* stage 1, in likelihood and in samples;
-    trained by maximum likelihood, it keeps stage 1's marginals given ``x1`` where they are right.
+    with context ``x1``: a full-covariance ``TriangularAffine`` layer, then spline couplings
+    zero-initialised) maps these to ``w``, one value per atom. Untrained, stage 2 *is* stage 1, in
+    likelihood and in samples. Training starts by setting the linear layer, in closed form, to the
+    Gaussian copula of the first batch's atoms (the correlations between columns that stage 1's
+    factorised likelihood leaves out); maximum likelihood then refines it with the couplings.
     ``spans`` as ``TabularVAEStage2``'s; ``likelihood`` holds stage 1's scales (the synthesizer
     copies them in before training) and trains with the flow.
     """
@@ -116,7 +118,9 @@ class TabularFlowStage2(SecondStage):
         self.softmax_blocks = self.likelihood.softmax_blocks
         self.w_dim = len(self.likelihood.scalar) + len(self.likelihood.binary) + len(self.softmax_blocks)
         self.flow = ConditionalFlow.spline(self.w_dim, self.features, layers, hidden, bins, tail_bound,
-                                           actnorm_data_init=False)
+                                           linear=True)
+        self.register_buffer("initialized", torch.tensor(False))  # the linear layer fitted
+        self._known_initialized = False  # host copy of `initialized`: no device sync per step
         self.history: list[dict] = []
 
     def _gaussianize(self, x: Tensor, x1: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
@@ -141,6 +145,10 @@ class TabularFlowStage2(SecondStage):
             ladj.append(ladj_discrete.sum(1).to(x.dtype))
         return torch.cat(t, 1), sum(ladj)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # re-read the loaded buffer
+
     def log_prob(self, x: Tensor, x1: Tensor, midpoint: bool = False) -> Tensor:
         """Lower bound on ``log P(x | x1)`` (densities for scalars, probabilities for discrete
         atoms) ``[B]``, one draw of the dequantisation; the untrained flow gives stage 1's exactly."""
@@ -148,7 +156,16 @@ class TabularFlowStage2(SecondStage):
         return self.flow.log_prob(t, x1) + ladj
 
     def training_loss(self, x, x1, x1_mean, step):
-        """Negative log-likelihood bound, nats per row."""
+        """Negative log-likelihood bound, nats per row. The first call sets the flow's linear layer
+        to the whitening of the batch's atoms (``TriangularAffine.fit_gaussian``): training starts
+        from the Gaussian copula of what stage 1 leaves, which the couplings then refine."""
+        if not self._known_initialized:
+            if not bool(self.initialized):
+                with torch.no_grad():
+                    atoms = self._gaussianize(x, x1, False)[0].float()
+                    self.flow.transform.transforms[0].fit_gaussian(atoms)
+                self.initialized.fill_(True)
+            self._known_initialized = True
         total = -self.log_prob(x, x1).mean()
         return total, {"loss": total}
 
@@ -318,7 +335,13 @@ class TabularSynthesizer:
             ``"mog"`` (conditional mixture of Gaussians) or None (stage 1 alone).
         hidden: widths of stage 1's MLPs.
         alpha, beta, gamma: beta-TCVAE weights (index-code MI, total correlation, dimension-wise KL).
-        epochs, stage2_epochs, batch_size, lr: training length (passes over the rows) and Adam settings.
+        epochs, stage2_epochs, batch_size, lr: the most passes over the training rows each stage
+            makes (at least ``min_steps`` Adam steps: a small table is one batch, one step per
+            pass) and Adam settings.
+        validation: the share of the rows held out for model selection: each stage is checked on
+            them (its held-out bound, ``nll_bound``) every epoch (at least every 10 steps), ends
+            at its best check and stops after ``patience`` checks without a better one (0: no
+            selection, every row trains and each stage runs its full length).
         continuous: ``"mode"`` or ``"quantile"`` (see ``TabularTransformer``).
         stage2_options: passed to the stage 2 (``layers``, ``hidden``, ``bins``; ``components``).
         seed: seeds the transformer, the initialisation, training and (by default) sampling.
@@ -327,22 +350,28 @@ class TabularSynthesizer:
     def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
                  hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 2.0,
                  gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
+                 min_steps: int = 1000, validation: float = 0.1, patience: int = 20,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
                  stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
                  progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
             raise ValueError(f"stage2 must be one of {tuple(TABULAR_STAGE2)} or None, got {stage2!r}")
         for name, value in (("latent_dim", latent_dim), ("epochs", epochs),
-                            ("stage2_epochs", stage2_epochs), ("batch_size", batch_size)):
+                            ("stage2_epochs", stage2_epochs), ("batch_size", batch_size),
+                            ("min_steps", min_steps), ("patience", patience)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         check_number("lr", lr, positive=True)
+        check_number("validation", validation)
+        if not 0 <= validation < 1:
+            raise ValueError(f"validation must be in [0, 1), got {validation}")
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             check_number(name, value)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
                             beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
+                            min_steps=min_steps, validation=validation, patience=patience,
                             batch_size=batch_size, lr=lr, continuous=continuous,
                             stage2_options=dict(stage2_options or {}), seed=seed)
         self.device, self.progress = device, progress
@@ -350,6 +379,7 @@ class TabularSynthesizer:
         self.stage1: DisentangledVAE | None = None
         self.likelihood: MixedLikelihood | None = None
         self.stage2: SecondStage | None = None
+        self.selection: dict[str, dict] = {}  # per stage: the held-out checks and the best step
 
     def _build(self, transformer) -> None:
         o = self.options
@@ -371,27 +401,66 @@ class TabularSynthesizer:
 
     def fit(self, df, discrete_columns: Iterable[str] = (), column_types: dict[str, str] | None = None,
             checkpoint_dir: str | os.PathLike | None = None) -> "TabularSynthesizer":
-        """Fits the transformer, stage 1, then stage 2 (stage 1 frozen) on the rows of ``df``.
-        With ``checkpoint_dir`` both stages checkpoint there and an interrupted fit resumes."""
+        """Fits the transformer (on all rows), stage 1, then stage 2 (stage 1 frozen) on the rows of
+        ``df`` less the held-out share (``validation``) that selects each stage's length. With
+        ``checkpoint_dir`` both stages checkpoint there and an interrupted fit resumes."""
         o = self.options
         transformer = TabularTransformer(o["continuous"], seed=o["seed"]).fit(df, discrete_columns,
                                                                             column_types)
         self._build(transformer)
-        data = torch.as_tensor(transformer.transform(df))
+        data, held_out = self._split(torch.as_tensor(transformer.transform(df)))
+        held_out = held_out.to(self.device)
+        held = len(held_out)
         batch_size = min(o["batch_size"], len(data))  # small tables: whole-table batches
         steps_per_epoch = max(1, math.ceil(len(data) / batch_size))
+        every = max(steps_per_epoch, 10)
+
+        def monitor(module, stage):
+            if not held:
+                return None
+            def score() -> float:
+                was_training = module.training
+                value = self._bounds(held_out, o["seed"], full=stage == "full")[stage]
+                module.train(was_training)
+                return value
+            return EarlyStopping(module, score, every, o["patience"])
+
         loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=o["beta"],
                              gamma=o["gamma"], recon=self.likelihood)
         common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
                       log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir,
                       replacement=False)  # distinct rows: a small table's batch is all of it
-        self.stage1.fit(data, loss=loss, steps=o["epochs"] * steps_per_epoch, **common)
+        # the likelihood's scales train with stage 1 (they are the loss's parameters): selected with it
+        stage1 = nn.ModuleDict({"model": self.stage1, "likelihood": self.likelihood})
+        selector = monitor(stage1, "stage1")
+        self.stage1.fit(data, loss=loss, steps=max(o["epochs"] * steps_per_epoch, o["min_steps"]),
+                        monitor=selector, **common)
+        self.selection = {} if selector is None else {"stage1": self._selected(selector)}
         nested = getattr(self.stage2, "likelihood", None)
         if nested is not None:  # a stage 2 that nests stage 1's likelihood starts from its scales
             nested.load_state_dict(self.likelihood.state_dict())
         if self.stage2 is not None:
-            self.stage2.fit(self.stage1, data, steps=o["stage2_epochs"] * steps_per_epoch, **common)
+            selector = monitor(self.stage2, "full") if self.stage2.bound is not None else None
+            self.stage2.fit(self.stage1, data, steps=max(o["stage2_epochs"] * steps_per_epoch, o["min_steps"]),
+                            monitor=selector, **common)
+            if selector is not None:
+                self.selection["stage2"] = self._selected(selector)
         return self
+
+    def _split(self, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``(training rows, held-out rows)`` of transformed rows ``data [N, F]``: a seeded random
+        ``validation`` share held out."""
+        held = round(self.options["validation"] * len(data))
+        if held and len(data) - held < 2:
+            raise ValueError(f"{len(data)} rows are too few to hold out {held} (validation="
+                             f"{self.options['validation']}); use validation=0")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.options["seed"]))
+        return data[order[held:]], data[order[:held]]
+
+    @staticmethod
+    def _selected(selector: EarlyStopping) -> dict:
+        return {"best_step": selector.best_step, "best": selector.best, "stopped": selector.stopped,
+                "checks": selector.checks}
 
     def _check_fitted(self) -> None:
         if self.stage1 is None:
@@ -500,14 +569,22 @@ class TabularSynthesizer:
         posterior); ``"full"`` is None without a stage 2 or when it has no tractable likelihood.
         Lower is better; the one to select models by."""
         self._check_fitted()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            data = torch.as_tensor(self.transformer.transform(df), device=self.device)
+        return self._bounds(data, seed, batch_size)
+
+    @torch.no_grad()
+    def _bounds(self, data: Tensor, seed: int, batch_size: int = 4096, full: bool = True) -> dict[str, float]:
+        """``nll_bound`` of transformed rows ``data [N, F]`` (``full=False``: stage 1's alone);
+        leaves the networks in eval mode."""
         self.stage1.eval()
-        full = self.stage2 is not None and self.stage2.bound is not None
+        full = full and self.stage2 is not None and self.stage2.bound is not None
         if full:
             self.stage2.eval()
         totals = {"stage1": 0.0, "full": 0.0}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            data = torch.as_tensor(self.transformer.transform(df), device=self.device)
             for x in data.split(batch_size):
                 mu, logvar = self.stage1.encoder(x)
                 kl = gaussian_kl(mu, logvar).sum(1)
@@ -526,7 +603,8 @@ class TabularSynthesizer:
             "stage1": self.stage1.state_dict(), "likelihood": self.likelihood.state_dict(),
             "stage2": None if self.stage2 is None else self.stage2.state_dict(),
             "history": {"stage1": self.stage1.history,
-                        "stage2": [] if self.stage2 is None else self.stage2.history}})
+                        "stage2": [] if self.stage2 is None else self.stage2.history},
+            "selection": self.selection})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "TabularSynthesizer":
@@ -536,6 +614,7 @@ class TabularSynthesizer:
             synthesizer.stage1.load_state_dict(state["stage1"])
             synthesizer.likelihood.load_state_dict(state["likelihood"])
             synthesizer.stage1.history = state["history"]["stage1"]
+            synthesizer.selection = state.get("selection", {})
             if synthesizer.stage2 is not None:
                 synthesizer.stage2.load_state_dict(state["stage2"])
                 synthesizer.stage2.history = state["history"]["stage2"]

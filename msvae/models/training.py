@@ -101,6 +101,51 @@ class RandomBatches:
             self._permute()
 
 
+class EarlyStopping:
+    """Model selection by a held-out score during training: every ``every`` steps ``score()``
+    (lower is better, e.g. a validation negative log-likelihood) is computed; the weights of
+    ``module`` at the best one are kept, and training stops after ``patience`` checks without a
+    better one. ``restore()`` loads the kept weights. Its ``state_dict`` (the checks, the best
+    score, its step and weights) goes into training checkpoints, so a resumed run selects as an
+    uninterrupted one. ``checks``: ``[step, score]`` pairs.
+    """
+
+    def __init__(self, module: torch.nn.Module, score: Callable[[], float], every: int, patience: int):
+        if every < 1 or patience < 1:
+            raise ValueError(f"every and patience must be >= 1, got {every} and {patience}")
+        self.module, self.score, self.every, self.patience = module, score, every, patience
+        self.checks: list[list[float]] = []
+        self.best, self.best_step, self.best_state, self.stopped = math.inf, 0, None, False
+
+    def __call__(self, step: int) -> bool:
+        """After training step ``step`` (1-based): checks when due; True when training should stop."""
+        if step % self.every:
+            return False
+        value = float(self.score())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the held-out score is {value} at step {step}")
+        self.checks.append([step, value])
+        if value < self.best:
+            self.best, self.best_step = value, step
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        elif sum(at > self.best_step for at, _ in self.checks) >= self.patience:
+            self.stopped = True
+        return self.stopped
+
+    def restore(self) -> None:
+        """Loads the weights at the best check (nothing when there was no check)."""
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"checks": self.checks, "best": self.best, "best_step": self.best_step,
+                "best_state": self.best_state, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checks, self.best, self.best_step = [list(c) for c in state["checks"]], state["best"], state["best_step"]
+        self.best_state, self.stopped = state["best_state"], state["stopped"]
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Writes ``state`` atomically (a crash mid-write never corrupts the previous checkpoint)."""
     path = Path(path)
@@ -235,7 +280,8 @@ def kl_penalty(kl_per_dim: Tensor, step: int, free_bits: float, warmup_steps: in
 def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | os.PathLike | None,
                     resume: bool, states: dict, settings: dict, generator: torch.Generator,
                     history: list[dict], steps: int, time_limit: float | None = None,
-                    extra: dict | None = None, process_group=None, **loop) -> list[dict]:
+                    extra: dict | None = None, process_group=None,
+                    monitor: EarlyStopping | None = None, **loop) -> list[dict]:
     """``run_steps`` with exact resumption from, and periodic checkpoints to, the file ``path``.
 
     ``states`` maps names to objects with ``state_dict``/``load_state_dict`` (models, losses,
@@ -247,10 +293,14 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
     With ``process_group`` (data parallelism) the group's first rank alone reads and writes the
     file (the others receive its contents, so several machines need no shared folder), the
     checkpoint holds every rank's torch/CUDA RNG states, and resuming with another number of
-    processes is a ``ValueError``.
+    processes is a ``ValueError``. ``monitor`` (``EarlyStopping``) is checked after every step,
+    saved in the checkpoints, and its best weights are restored at the end; it needs one process.
     ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, checkpoint_seconds, progress, desc).
     """
     rank, ranks = rank_and_size(process_group)
+    if monitor is not None and ranks > 1:
+        raise ValueError("early stopping (monitor) runs in one process; train without process_group")
+    states = {**states, "monitor": monitor}
     path = None if path is None else Path(path)
     start, trained, pending = 0, 0.0, None
     state = None
@@ -301,11 +351,13 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
             "train_seconds": trained + time.monotonic() - began, **(extra or {})})
 
     remaining = None if time_limit is None else time_limit - trained
-    if state is None or remaining is None or remaining > 0:
+    if (state is None or remaining is None or remaining > 0) and not (monitor and monitor.stopped):
         with flush_denormals():
             run_steps(step_fn, start=start, steps=steps, history=history, time_limit=remaining,
                       checkpoint=checkpoint if path is not None else None, seconds_before=trained,
-                      pending=pending, process_group=process_group, **loop)
+                      pending=pending, process_group=process_group, monitor=monitor, **loop)
+    if monitor is not None:
+        monitor.restore()
     return history
 
 
@@ -320,7 +372,7 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
               checkpoint_seconds: float = 60.0, progress: bool = True, desc: str = "training",
               time_limit: float | None = None, seconds_before: float = 0.0,
               log_seconds: float = 30.0, pending: dict | None = None,
-              process_group=None) -> list[dict]:
+              process_group=None, monitor: Callable[[int], bool] | None = None) -> list[dict]:
     """Calls ``step_fn(step)`` for step in [start, steps). Every ``log_every`` steps the mean of the
     returned terms is appended to ``history`` with the step and ``seconds`` (training time so far,
     ``seconds_before`` included). ``checkpoint(step, pending)`` runs every ``checkpoint_every``
@@ -333,7 +385,8 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
     ``FloatingPointError``. With ``process_group`` the terms are averaged over the ranks (the
     history is the global batch's), the first rank alone reports progress and decides, by its
     clock, when a checkpoint or the time limit is due, and every rank follows (one all-reduce of
-    the terms and those two flags a step).
+    the terms and those two flags a step). ``monitor(done)`` (``EarlyStopping``) runs after every
+    step, before its checkpoint; when it returns True training stops there and says so.
     """
     rank, ranks = rank_and_size(process_group)
     progress = progress and rank == 0
@@ -361,13 +414,14 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         done = step + 1
-        if done % log_every == 0 or done == steps or out_of_time:
+        stop = monitor is not None and monitor(done)
+        if done % log_every == 0 or done == steps or out_of_time or stop:
             means = {k: v / count for k, v in sums.items()}
             history.append({"step": done, **means, "seconds": seconds_before + now - began})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("loss", "recon", "kl", "tc")})
             sums, count = {}, 0
         if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time
-                                       or due):
+                                       or due or stop):
             checkpoint(done, {"sums": sums, "count": count})
             last_checkpoint = time.monotonic()
         if progress and not terminal and (now - last_line >= log_seconds or done == steps):
@@ -383,6 +437,11 @@ def run_steps(step_fn: Callable[[int], dict[str, float]], *, start: int, steps: 
         if out_of_time:
             if progress:
                 bar.write(f"{desc}: stopped by its time limit at step {done} of {steps}", file=sys.stderr)
+            break
+        if stop:
+            if progress:
+                bar.write(f"{desc}: stopped early at step {done} of {steps}: the held-out score was "
+                          f"best at step {monitor.best_step} ({monitor.best:.4g})", file=sys.stderr)
             break
     bar.close()
     return history
