@@ -350,7 +350,7 @@ class TabularSynthesizer:
     def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
                  hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 2.0,
                  gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
-                 min_steps: int = 1000, validation: float = 0.1, patience: int = 20,
+                 min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
                  stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
                  progress: bool = True):
