@@ -42,6 +42,45 @@ def test_mixed_likelihood_is_the_sum_of_its_parts():
     assert draws[:, 2].mean().item() == pytest.approx(torch.softmax(output[0, 1:4], 0)[1].item(), abs=0.03)
 
 
+def test_a_certain_scalar_is_not_scored_so_the_bound_stays_bounded():
+    """A scalar fixed by its row's point mode (or missingness) has probability 1 given it: neither
+    stage 1 nor the flow may gain density on it, however small its scale."""
+    spans = [Span("a", "scalar", 0, 1, (2,)), Span("m", "softmax", 1, 2)]  # mode 1 (feature 2) is a point
+    likelihood = MixedLikelihood(spans)
+    x = torch.tensor([[0.0, 0.0, 1.0], [0.3, 1.0, 0.0]])  # row 0 at the point, row 1 in the smooth mode
+    output = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    categorical = np.log(2.0)
+    for log_scale in (-1.0, -4.0):
+        with torch.no_grad():
+            likelihood.log_scale.fill_(log_scale)
+        nll = likelihood(x, output)
+        assert nll[0].item() == pytest.approx(categorical, abs=1e-6)  # only the mode is scored
+        sigma = max(np.exp(log_scale), 0.01)
+        expected = 0.5 * (0.2 / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi) + categorical
+        assert nll[1].item() == pytest.approx(expected, rel=1e-5)
+    stage2 = TabularFlowStage2(spans, layers=2, hidden=8)
+    stage2.likelihood.load_state_dict(likelihood.state_dict())
+    torch.manual_seed(0)  # the auxiliary draw at the point is paid for exactly: the untrained flow is stage 1
+    torch.testing.assert_close(stage2.log_prob(x, output), -likelihood(x, output), atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_spans_name_what_fixes_each_scalar():
+    from msvae.data.tabular import TabularTransformer
+    frame = pd.DataFrame({"gain": [0.0] * 60 + list(np.linspace(1, 50, 40)),
+                          "age": np.where(np.arange(100) % 10 == 0, np.nan, np.arange(100.0))})
+    transformer = TabularTransformer(seed=0).fit(frame)
+    gain, gain_modes, age, age_modes, age_missing = transformer.spans
+    point = [i for i, std in enumerate(transformer.columns[0].stds) if std == 0]
+    assert point and gain.fixed_by == tuple(gain_modes.start + i for i in point)
+    assert age.fixed_by == (age_missing.start,) and age_missing.kind == "binary"
+    likelihood = MixedLikelihood(transformer.spans)
+    x = torch.as_tensor(transformer.transform(frame))
+    free = likelihood.free(x)
+    assert torch.equal(free[:, 0] == 0, torch.as_tensor(frame["gain"].to_numpy() == 0))
+    assert torch.equal(free[:, 1] == 0, torch.as_tensor(frame["age"].isna().to_numpy()))
+    assert TabularTransformer.from_state(transformer.state_dict()).spans == transformer.spans
+
+
 def test_mixture_stage2_dequantises_and_round_trips():
     model = TabularMixtureStage2([False, True, True, True, True])
     x = torch.tensor([[0.3, 0.0, 1.0, 0.0, 1.0], [-0.5, 1.0, 0.0, 0.0, 0.0]])
@@ -53,8 +92,8 @@ def test_mixture_stage2_dequantises_and_round_trips():
     assert torch.isfinite(total) and set(terms) == {"loss"}
 
 
-FLOW_SPANS = [Span("a", "scalar", 0, 1), Span("m", "softmax", 1, 3), Span("b", "scalar", 4, 1),
-              Span("c", "binary", 5, 1), Span("d", "softmax", 6, 4)]
+FLOW_SPANS = [Span("a", "scalar", 0, 1, (3,)), Span("m", "softmax", 1, 3), Span("b", "scalar", 4, 1, (5,)),
+              Span("c", "binary", 5, 1), Span("d", "softmax", 6, 4)]  # a: a point mode at 3; b: missing at 5
 
 
 def test_untrained_flow_stage2_is_stage1_in_likelihood_and_samples_and_inverts_exactly():
@@ -68,7 +107,11 @@ def test_untrained_flow_stage2_is_stage1_in_likelihood_and_samples_and_inverts_e
     x = likelihood.sample(x1)
     # one-hot and 0/1 atoms are exact probabilities under any dequantisation draw: no gap
     torch.testing.assert_close(stage2.log_prob(x, x1), -likelihood(x, x1), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(stage2.generate(x1, x1, stage2.encode(x, x1, x1)), x)
+    certain = likelihood.free(x) == 0  # scalars whose rows' point mode or missingness fix them
+    assert certain[:, 0].any() and certain[:, 1].any() and not certain.all()
+    canonical = x.clone()
+    canonical[:, [0, 4]] = torch.where(certain, x1[:, [0, 4]], x[:, [0, 4]])  # encode puts them at x1's
+    torch.testing.assert_close(stage2.generate(x1, x1, stage2.encode(x, x1, x1)), canonical)
     assert stage2.w_dim == 5
     n = 20_000  # samples given one x1: stage 1's marginals
     context = x1[:1].expand(n, -1)

@@ -18,9 +18,13 @@ column that is never negative stays so. Missing values: a categorical column's m
 are one more category; a numeric column with missing values gets a 0/1 missingness indicator
 (its values filled with the median), and values come back missing where the indicator is > 0.5.
 
-The matrix layout is ``spans``: ``Span(column, kind, start, size)`` with kind ``"scalar"``
-(a real value), ``"softmax"`` (a one-hot block) or ``"binary"`` (a 0/1 indicator), which a model
-uses to pick its likelihood per block.
+The matrix layout is ``spans``: ``Span(column, kind, start, size, fixed_by)`` with kind
+``"scalar"`` (a real value), ``"softmax"`` (a one-hot block) or ``"binary"`` (a 0/1 indicator),
+which a model uses to pick its likelihood per block. A scalar's ``fixed_by`` lists the features
+(its point modes' one-hot entries, its missingness indicator) whose 1 makes the row's value
+certain: the scalar then carries no information (0, or the median's offset), and a likelihood
+must not score it — a density on a value that is certain grows without bound as its scale
+shrinks.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class Span(NamedTuple):
     kind: str  # "scalar" | "softmax" | "binary"
     start: int
     size: int
+    fixed_by: tuple = ()  # a scalar's: the features whose 1 makes its value certain (a point, missing)
 
 
 @dataclass
@@ -152,9 +157,8 @@ class TabularTransformer:
             kind = types.get(name) or infer_kind(series)
             column = self._fit_column(series, kind, rng)
             self.columns.append(column)
-            for span_kind, size in self._layout(column):
-                self.spans.append(Span(str(name), span_kind, start, size))
-                start += size
+            self.spans += self._spans(column, start)
+            start = self.spans[-1].start + self.spans[-1].size
         return self
 
     def _fit_column(self, series, kind: str, rng: np.random.Generator) -> _Column:
@@ -202,6 +206,19 @@ class TabularTransformer:
         column.weights, column.means, column.stds = (np.concatenate(a) for a in (weights, means, stds))
         return column
 
+    def _spans(self, column: _Column, start: int) -> list[Span]:
+        """The column's spans from feature ``start``; its scalar is ``fixed_by`` its point modes'
+        one-hot entries and its missingness indicator (where they are 1, the value is certain)."""
+        spans = []
+        for kind, size in self._layout(column):
+            spans.append(Span(str(column.name), kind, start, size))
+            start += size
+        if spans[0].kind == "scalar":
+            fixed = [] if column.stds is None else [spans[1].start + i for i in np.flatnonzero(column.stds == 0)]
+            fixed += [span.start for span in spans if span.kind == "binary"]
+            spans[0] = spans[0]._replace(fixed_by=tuple(int(i) for i in fixed))
+        return spans
+
     def _layout(self, column: _Column) -> list[tuple[str, int]]:
         if column.kind == "categorical":
             return [("softmax", len(column.categories))]
@@ -241,9 +258,8 @@ class TabularTransformer:
                                                                          "high", "fill", "categories")},
                              **arrays)
             transformer.columns.append(column)
-            for span_kind, size in transformer._layout(column):
-                transformer.spans.append(Span(str(column.name), span_kind, start, size))
-                start += size
+            transformer.spans += transformer._spans(column, start)
+            start = transformer.spans[-1].start + transformer.spans[-1].size
         return transformer
 
     def _check_fitted(self) -> None:

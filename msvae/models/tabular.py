@@ -42,25 +42,38 @@ def _blocks(spans) -> tuple[list[int], list[int], list[tuple[int, int]]]:
 class MixedLikelihood(nn.Module):
     """``p(x | output)`` for transformed rows ``[B, F]``: a Gaussian with a learned scale (in
     [0.01, 1]) per scalar feature, a Bernoulli per 0/1 feature (logits), a categorical per one-hot
-    block (logits). Called as ``nll(x, output) -> [B]``."""
+    block (logits). A scalar whose value a row's discrete entries make certain (its span's
+    ``fixed_by``: a point mode, a missing value) is not scored in that row (``free``): its
+    probability given them is 1. Called as ``nll(x, output) -> [B]``."""
 
     def __init__(self, spans):
         super().__init__()
+        spans = [Span(*span) for span in spans]
         scalar, binary, softmax = _blocks(spans)
         self.softmax_blocks = softmax
         self.register_buffer("scalar", torch.tensor(scalar, dtype=torch.long))
         self.register_buffer("binary", torch.tensor(binary, dtype=torch.long))
+        fixing = torch.zeros(sum(span.size for span in spans), len(scalar))  # [F, S]: feature fixes scalar
+        for j, span in enumerate(span for span in spans if span.kind == "scalar"):
+            fixing[list(span.fixed_by), j] = 1.0
+        self.register_buffer("fixing", fixing, persistent=False)
         self.log_scale = nn.Parameter(torch.full((len(scalar),), math.log(0.1)))
 
     def scale(self) -> Tensor:
         return self.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE).exp()
+
+    def free(self, x: Tensor) -> Tensor:
+        """``[B, S]``: 1 where a row's scalar is uncertain (scored), 0 where its ``fixed_by``
+        entries make it certain."""
+        return 1.0 - (x @ self.fixing.to(x.dtype)).clamp(0.0, 1.0)
 
     def forward(self, x: Tensor, output: Tensor) -> Tensor:
         nll = x.new_zeros(x.shape[0])
         if len(self.scalar):
             log_scale = self.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
             error = (x[:, self.scalar] - output[:, self.scalar]) / log_scale.exp()
-            nll = nll + (0.5 * error.square() + log_scale + 0.5 * math.log(2 * math.pi)).sum(1)
+            terms = 0.5 * error.square() + log_scale + 0.5 * math.log(2 * math.pi)
+            nll = nll + (terms * self.free(x)).sum(1)
         if len(self.binary):
             nll = nll + F.binary_cross_entropy_with_logits(
                 output[:, self.binary], x[:, self.binary], reduction="none").sum(1)
@@ -127,9 +140,14 @@ class TabularFlowStage2(SecondStage):
         """The atoms' standard normals ``t [B, w_dim]`` and ``log|dt/du|`` summed per row ``[B]``."""
         t, ladj = [], []
         if len(self.likelihood.scalar):
-            scale = self.likelihood.scale()
-            t.append((x[:, self.likelihood.scalar] - x1[:, self.likelihood.scalar]) / scale)
-            ladj.append(-scale.log().sum().expand(len(x)))
+            # a scalar a row's point mode or missingness makes certain is an auxiliary N(0, 1) draw
+            # e, paid for by -log N(e): the bound on its probability, 1, is then 0 nats for stage 1
+            scale, free = self.likelihood.scale(), self.likelihood.free(x)
+            e = torch.zeros_like(free) if midpoint else torch.randn_like(free)
+            standard = (x[:, self.likelihood.scalar] - x1[:, self.likelihood.scalar]) / scale
+            t.append(torch.where(free > 0, standard, e))
+            log_normal = -0.5 * e.square() - 0.5 * math.log(2 * math.pi)
+            ladj.append(-(scale.log() * free).sum(1) - (log_normal * (1 - free)).sum(1))
         edges = []
         if len(self.likelihood.binary):
             b = self.likelihood.binary
@@ -182,7 +200,9 @@ class TabularFlowStage2(SecondStage):
 
     @torch.no_grad()
     def generate(self, x1: Tensor, x1_mean: Tensor, w: Tensor) -> Tensor:
-        """The transformed row ``[B, F]`` (one-hot blocks, 0/1 entries, scalars) of ``w`` given ``x1``."""
+        """The transformed row ``[B, F]`` (one-hot blocks, 0/1 entries, scalars) of ``w`` given ``x1``
+        (a scalar the row's discrete atoms make certain is whatever ``w`` gives: decoding ignores it;
+        ``encode`` puts it at ``x1``'s value)."""
         t = self.flow.transform.inverse(w, x1)[0]
         x = torch.zeros_like(x1)
         scalar, binary = self.likelihood.scalar, self.likelihood.binary
