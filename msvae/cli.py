@@ -514,7 +514,8 @@ def compare_tables(args: argparse.Namespace) -> list[dict]:
     return tabular_benchmark.run(args.tables, args.seeds, out, epochs=args.epochs,
                                  stage2_epochs=args.stage2_epochs, peer_epochs=args.peer_epochs,
                                  synthesizers=args.synthesizers, max_rows=args.max_rows,
-                                 target=args.target, discrete_columns=args.discrete, stage2=args.stage2)
+                                 target=args.target, discrete_columns=args.discrete, stage2=args.stage2,
+                                 min_steps=args.min_steps)
 
 
 def compare_methods(args: argparse.Namespace) -> dict:
@@ -683,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tvae_equal_time (msvae's fit time), gaussian_copula (default: all available)")
     c.add_argument("--epochs", type=POSITIVE_INT, default=100, help="passes over the rows (stage 1)")
     c.add_argument("--stage2-epochs", type=POSITIVE_INT, default=None, help="default: --epochs")
+    c.add_argument("--min-steps", type=POSITIVE_INT, default=1000,
+                   help="msvae: each stage may train this many steps at least (held-out selection may end it sooner)")
     c.add_argument("--peer-epochs", type=POSITIVE_INT, default=None, help="CTGAN/TVAE epochs (default: theirs, 300)")
     c.add_argument("--stage2", choices=["vae", "flow", "mog"], default="flow", help="msvae's stage 2")
     c.add_argument("--max-rows", type=POSITIVE_INT, default=None, help="use at most this many rows per table")

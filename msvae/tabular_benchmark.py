@@ -76,7 +76,7 @@ class GaussianCopula:
 
 
 def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs: int | None = None,
-                      stage2: str = "flow") -> dict[str, Callable]:
+                      stage2: str = "flow", min_steps: int = 1000) -> dict[str, Callable]:
     """``{name: make(seed, epochs=None) -> object with fit(df, discrete_columns) and sample(n)}``.
     ``msvae`` is the multi-stage model (stage 2 ``stage2``); its stage 1 alone is scored from the
     same fit (``msvae_stage1``). With the ``ctgan`` package: ``ctgan``, ``tvae`` at
@@ -88,7 +88,8 @@ def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs
     peer_epochs = PEER_DEFAULT_EPOCHS if peer_epochs is None else peer_epochs
     makers: dict[str, Callable] = {
         "msvae": lambda seed, epochs_=None: TabularSynthesizer(
-            epochs=epochs, stage2_epochs=stage2_epochs, stage2=stage2, seed=seed, progress=False),
+            epochs=epochs, stage2_epochs=stage2_epochs, min_steps=min_steps, stage2=stage2, seed=seed,
+            progress=False),
     }
     try:
         import ctgan
@@ -299,12 +300,12 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
         stage2_epochs: int | None = None, peer_epochs: int | None = None,
         synthesizers: Iterable[str] | None = None, max_rows: int | None = None,
         target: str | None = None, discrete_columns: Iterable[str] = (), stage2: str = "flow",
-        log: Callable[[str], None] = print) -> list[dict]:
+        min_steps: int = 1000, log: Callable[[str], None] = print) -> list[dict]:
     """Fits and scores every synthesizer on every table with every seed; writes ``rows.json``
     (after every fit; a rerun keeps the rows there and fits only what is missing), the synthetic
     tables (``synthetic/``), msvae's models (``models/``), ``summary.json``, ``summary.md`` and
     figures to ``out``; returns the summary. ``target`` and ``discrete_columns`` describe CSV tables
-    (see ``load_table``); ``stage2`` is msvae's."""
+    (see ``load_table``); ``stage2`` and ``min_steps`` (``TabularSynthesizer``'s) are msvae's."""
     import pandas as pd
 
     from msvae.models.tabular import TabularSynthesizer
@@ -312,7 +313,7 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
     out = Path(out)
     for folder in (out, out / "synthetic", out / "models"):
         folder.mkdir(parents=True, exist_ok=True)
-    makers = make_synthesizers(epochs, stage2_epochs, peer_epochs, stage2)
+    makers = make_synthesizers(epochs, stage2_epochs, peer_epochs, stage2, min_steps)
     names = list(makers) if synthesizers is None else list(synthesizers)
     unknown = [n for n in names if n not in makers]
     if unknown:

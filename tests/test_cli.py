@@ -183,7 +183,7 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "tables"
     main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
-          "--synthesizers", "msvae", "--epochs", "1"])
+          "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"])
     rows = json.loads((out / "rows.json").read_text())
     assert [(r["synthesizer"], r["seed"]) for r in rows] == [("msvae", 0), ("msvae_stage1", 0),
                                                              ("msvae", 1), ("msvae_stage1", 1)]
@@ -199,7 +199,7 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
         assert row["held_out_nll"] is not None and 0 <= row["sdmetrics_quality"] <= 1
     assert rows[0]["held_out_nll"] < rows[1]["held_out_nll"] + 1.0  # the full model's bound, then stage 1's
     main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
-          "--synthesizers", "msvae", "--epochs", "1"])  # a rerun resumes: nothing is fitted again
+          "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"])  # a rerun resumes: nothing is fitted again
     assert json.loads((out / "rows.json").read_text()) == rows
     with pytest.raises(ValueError, match="unknown or unavailable synthesizers"):
         main(["compare-tables", "--out", str(out), "--tables", "wine", "--synthesizers", "gan"])
@@ -229,7 +229,7 @@ def test_compare_tables_reads_a_users_csv(tmp_path):
     load_adult().head(300).to_csv(tmp_path / "mine.csv", index=False)
     out = tmp_path / "csv"
     args = ["compare-tables", "--out", str(out), "--tables", str(tmp_path / "mine.csv"), "--seeds", "0",
-            "--synthesizers", "msvae", "--epochs", "1"]
+            "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"]
     with pytest.raises(ValueError, match="a CSV table needs target="):
         main(args)
     main([*args, "--target", "income", "--discrete", "education_num"])

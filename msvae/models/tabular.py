@@ -356,8 +356,8 @@ class TabularSynthesizer:
         hidden: widths of stage 1's MLPs.
         alpha, beta, gamma: beta-TCVAE weights (index-code MI, total correlation, dimension-wise KL).
         epochs, stage2_epochs, batch_size, lr: the most passes over the training rows each stage
-            makes (at least ``min_steps`` Adam steps: a small table is one batch, one step per
-            pass) and Adam settings.
+            makes (or ``min_steps`` Adam steps where that is more: a small table is one batch, one
+            step per pass; selection may end a stage sooner) and Adam settings.
         validation: the share of the rows held out for model selection: each stage is checked on
             them (its held-out bound, ``nll_bound``) every epoch (at least every 10 steps), ends
             at its best check and stops after ``patience`` checks without a better one (0: no
