@@ -186,7 +186,7 @@ class TabularTransformer:
         point = (counts >= self.point_share * len(values)) & (counts >= POINT_MIN_ROWS)
         rest = values[~np.isin(values, unique[point])]
         if len(np.unique(rest)) < 2:  # nothing left to fit a mixture to: every value is a point
-            point = np.isin(unique, np.unique(values[~np.isin(values, unique[point])])) | point
+            point = np.isin(unique, rest) | point
             rest = rest[:0]
         weights, means, stds = [counts[point] / len(values)], [unique[point]], [np.zeros(point.sum())]
         if len(rest):
