@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from msvae.ops import mixture_log_density
+
 LOG_2PI = math.log(2.0 * math.pi)
 
-__all__ = ["AnisotropicGaussian", "GaussianMixture", "IsotropicGaussian", "LearnedAnisotropicGaussian",
-           "LearnedGaussianMixture", "LearnedPrior", "SpikeAndSlab", "StudentTProduct",
+__all__ = ["AnisotropicGaussian", "FactorizedAggregatePosterior", "GaussianMixture", "IsotropicGaussian",
+           "LearnedAnisotropicGaussian", "LearnedGaussianMixture", "LearnedPrior", "SpikeAndSlab", "StudentTProduct",
            "as_distribution"]
 
 
@@ -231,6 +233,64 @@ class GaussianMixture(_Prior):
             eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype,
                               device=self.loc.device)
             return self.loc[k] + self.scale[k] * eps
+
+
+class FactorizedAggregatePosterior(_Prior):
+    """The product of an encoder's aggregate-posterior marginals, fitted after training:
+    ``p(z) = prod_d (1/N) sum_n N(z_d; mu_nd, exp(logvar_nd))`` over the posteriors
+    ``q(z | x_n) = N(mu_n, diag(exp(logvar_n)))`` of ``N`` training rows.
+
+    Its dimensions are independent (a factor stays a factor: holding ``z_d`` and drawing the rest
+    is a traversal), and each has the shape the codes actually took, where ``N(0, 1)`` leaves
+    holes and tails that the decoder never saw (an ex-post density estimate, cf. Ghosh et al.
+    2020). A draw picks a row independently per dimension, so no training row's code is drawn
+    whole. ``log_prob`` streams over the rows (``ops.mixture_log_density``, uniform weights).
+    ``mu, logvar [N, D]``. No ``rsample`` (the row choice is discrete).
+    """
+
+    has_rsample = False
+
+    def __init__(self, mu: Tensor, logvar: Tensor):
+        if not isinstance(mu, Tensor) or mu.dim() != 2 or mu.numel() == 0 or not mu.is_floating_point():
+            raise ValueError(f"mu must be a non-empty floating-point [N, D] tensor, got "
+                             f"{list(mu.shape) if isinstance(mu, Tensor) else type(mu).__name__}")
+        if not isinstance(logvar, Tensor) or logvar.shape != mu.shape:
+            raise ValueError(f"logvar must have mu's shape {list(mu.shape)}, got "
+                             f"{list(logvar.shape) if isinstance(logvar, Tensor) else type(logvar).__name__}")
+        if not bool(torch.isfinite(mu).all() & torch.isfinite(logvar).all()):
+            raise ValueError("mu and logvar must be finite")
+        super().__init__(mu.shape[1])
+        self.loc, self.logvar = mu.detach(), logvar.detach().to(mu.dtype)
+
+    @property
+    def num_components(self) -> int:
+        return self.loc.shape[0]
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc.mean(0)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.logvar.exp().mean(0) + self.loc.var(0, unbiased=False)
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        """``log p_d(z_d)`` per dimension, ``[..., D]``."""
+        self._check_codes(z)
+        flat = z.reshape(-1, self.dim).to(self.loc.dtype)
+        marginal = mixture_log_density(flat, self.loc, self.logvar, weights="uniform")[1]
+        return marginal.reshape(z.shape).to(z.dtype)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return self.marginal_log_prob(z).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            rows = torch.randint(self.num_components, shape, device=self.loc.device)
+            dims = torch.arange(self.dim, device=self.loc.device).expand(shape)
+            eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+            return self.loc[rows, dims] + (0.5 * self.logvar[rows, dims]).exp() * eps
 
 
 class SpikeAndSlab(_Prior):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from msvae.priors import (AnisotropicGaussian, GaussianMixture, IsotropicGaussian,
+from msvae.priors import (AnisotropicGaussian, FactorizedAggregatePosterior, GaussianMixture, IsotropicGaussian,
                           LearnedAnisotropicGaussian, LearnedGaussianMixture, SpikeAndSlab,
                           StudentTProduct, as_distribution)
 
@@ -34,6 +34,7 @@ def random_priors(D):
     gamma, spike, slab = 0.2 + 0.6 * torch.rand(D, dtype=f64), 0.2 + 0.1 * torch.rand(D, dtype=f64), 1.5
     sigma = 0.5 + float(torch.rand(()))
     weights = torch.softmax(logits, 0)
+    rows_mu, rows_scale = 1.5 * torch.randn(6, D, dtype=f64), 0.4 + torch.rand(6, D, dtype=f64)
     return {
         "isotropic": (IsotropicGaussian(D, torch.tensor(sigma, dtype=f64)),
                       lambda z: normal_pdf(z, 0.0, sigma).prod(-1)),
@@ -46,10 +47,12 @@ def random_priors(D):
         "spike_and_slab": (SpikeAndSlab(D, gamma, spike, torch.tensor(slab, dtype=f64)),
                            lambda z: (gamma * normal_pdf(z, 0.0, spike)
                                       + (1 - gamma) * normal_pdf(z, 0.0, slab)).prod(-1)),
+        "aggregate": (FactorizedAggregatePosterior(rows_mu, 2 * rows_scale.log()),
+                      lambda z: normal_pdf(z[..., None, :], rows_mu, rows_scale).mean(-2).prod(-1)),
     }
 
 
-NAMES = ["isotropic", "anisotropic", "student_t", "mixture", "spike_and_slab"]
+NAMES = ["isotropic", "anisotropic", "student_t", "mixture", "spike_and_slab", "aggregate"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,6 +93,9 @@ def expected_moments(name, prior):
         mean = sum(w[k] * prior.loc[k] for k in range(len(w)))
         second = sum(w[k] * (prior.scale[k] ** 2 + prior.loc[k] ** 2) for k in range(len(w)))
         return mean, second - mean ** 2
+    if name == "aggregate":  # each dimension an equal-weight mixture over the rows
+        mean = prior.loc.mean(0)
+        return mean, (prior.logvar.exp() + prior.loc ** 2).mean(0) - mean ** 2
     gamma = prior.gamma
     return torch.zeros_like(gamma), gamma * prior.spike_scale ** 2 + (1 - gamma) * prior.slab_scale ** 2
 
@@ -202,6 +208,9 @@ def test_learned_anisotropic_gaussian_fits_data_by_maximum_likelihood():
     (lambda: SpikeAndSlab(2, spike_scale=0.0), "spike_scale must be positive"),
     (lambda: LearnedAnisotropicGaussian(2, init_scale=0.0), "init_scale must be positive"),
     (lambda: LearnedGaussianMixture(0, 2), "num_components must be a positive int"),
+    (lambda: FactorizedAggregatePosterior(torch.zeros(0, 2), torch.zeros(0, 2)), r"mu must be a non-empty"),
+    (lambda: FactorizedAggregatePosterior(torch.zeros(3, 2), torch.zeros(3)), r"logvar must have mu's shape"),
+    (lambda: FactorizedAggregatePosterior(torch.zeros(3, 2), torch.full((3, 2), float("nan"))), "finite"),
     (lambda: as_distribution("normal"), "prior must be a torch.distributions.Distribution"),
 ])
 def test_bad_parameters_raise(make, match):
@@ -214,3 +223,17 @@ def test_log_prob_rejects_codes_of_the_wrong_size(name):
     prior, _ = random_priors(3)[name]
     with pytest.raises(ValueError, match=r"z must have shape \[\.\.\., 3\]"):
         prior.log_prob(torch.zeros(5, 4, dtype=f64))
+
+
+def test_aggregate_posterior_draws_each_dimension_from_its_own_row():
+    """A draw picks a row per dimension independently: the dimensions are independent even where
+    the rows' codes are correlated, and each marginal is its dimension's mixture."""
+    mu = torch.arange(4, dtype=f64)[:, None].repeat(1, 2) * 10  # rows (0, 0), (10, 10), ...
+    prior = FactorizedAggregatePosterior(mu, torch.full_like(mu, math.log(1e-4)))
+    z = prior.sample((40000,))
+    row = (z / 10).round()
+    assert torch.allclose(z, 10 * row, atol=0.1)
+    joint = torch.stack([((row[:, 0] == a) & (row[:, 1] == b)).double().mean()
+                         for a in range(4) for b in range(4)])
+    assert (joint - 1 / 16).abs().max() < 0.01  # independent and uniform over the rows
+    assert not prior.has_rsample

@@ -199,7 +199,10 @@ def test_each_stage_ends_at_its_best_held_out_bound():
                                      progress=False, stage2_options={"hidden": 32}).fit(df)
     _, held_out = synthesizer._split(torch.as_tensor(synthesizer.transformer.transform(df)))
     assert len(held_out) == 80
-    bounds = synthesizer._bounds(held_out, seed=0)
+    bounds = {"full": synthesizer._bounds(held_out, seed=0)["full"]}  # stage 2 trains after the prior's fit
+    prior, synthesizer.prior = synthesizer.prior, None  # stage 1 is selected under N(0, I)
+    bounds["stage1"] = synthesizer._bounds(held_out, seed=0)["stage1"]
+    synthesizer.prior = prior
     for stage, key in (("stage1", "stage1"), ("stage2", "full")):
         selection = synthesizer.selection[stage]
         scores = [score for _, score in selection["checks"]]
@@ -211,6 +214,34 @@ def test_each_stage_ends_at_its_best_held_out_bound():
         else:
             assert last == 60 * 6
     assert synthesizer.selection["stage2"]["best"] < synthesizer.selection["stage1"]["best"]
+
+
+def test_fitted_prior_is_chosen_per_dimension_by_the_held_out_bound():
+    """The aggregate prior is fitted to the training rows' posteriors; per dimension the held-out
+    codes choose N(0, 1) or a kernel width, so the held-out bound is at most N(0, I)'s (the same
+    draw, both estimated as log q - log p) and sampling draws from it. prior="standard": N(0, I)."""
+    from msvae.priors import FactorizedAggregatePosterior
+
+    df = small_frame(400)
+    options = dict(latent_dim=3, hidden=(32, 32), epochs=30, stage2_epochs=5, min_steps=1,
+                   batch_size=100, lr=3e-3, validation=0.2, progress=False, stage2_options={"hidden": 32})
+    synthesizer = TabularSynthesizer(**options).fit(df)
+    prior = synthesizer.prior
+    assert isinstance(prior, FactorizedAggregatePosterior) and prior.num_components == 320
+    choice = synthesizer.selection["prior"]["bandwidth"]
+    assert len(choice) == 3 and choice != ["standard"] * 3  # some factor was fitted, not N(0, 1)
+    _, held_out = synthesizer._split(torch.as_tensor(synthesizer.transformer.transform(df)))
+    fitted = synthesizer._bounds(held_out, seed=0)
+    synthesizer.prior = FactorizedAggregatePosterior(torch.zeros_like(prior.loc), torch.zeros_like(prior.loc))
+    standard = synthesizer._bounds(held_out, seed=0)
+    assert fitted["stage1"] < standard["stage1"] and fitted["full"] < standard["full"]
+    assert synthesizer.selection["prior"]["gain"] == pytest.approx(standard["stage1"] - fitted["stage1"], rel=1e-4)
+    synthesizer.prior = prior
+    torch.manual_seed(0)
+    codes = synthesizer._codes((20000,))
+    torch.testing.assert_close(codes.var(0), prior.variance, rtol=0.08, atol=0.0)
+    plain = TabularSynthesizer(**options, prior="standard").fit(df)
+    assert plain.prior is None and "prior" not in plain.selection
 
 
 def test_interrupted_fit_resumes(tmp_path):
@@ -238,7 +269,8 @@ def test_synthesizer_rejects_bad_use():
         TabularSynthesizer(stage2="gan")
     for option, value in (("epochs", -1), ("stage2_epochs", 0), ("batch_size", 0), ("latent_dim", 1.5),
                           ("lr", 0.0), ("lr", float("nan")), ("beta", -1.0), ("min_steps", 0),
-                          ("patience", 0), ("validation", 1.0), ("validation", -0.1)):
+                          ("patience", 0), ("validation", 1.0), ("validation", -0.1),
+                          ("prior", "uniform")):
         with pytest.raises(ValueError, match=option):
             TabularSynthesizer(**{option: value})
     synthesizer = TabularSynthesizer(latent_dim=2, hidden=(8,), epochs=1, stage2_epochs=1,

@@ -27,8 +27,10 @@ from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
 from msvae.models.training import EarlyStopping, build_from_file, kl_penalty, save_checkpoint
 from msvae.ops.validation import check_number
+from msvae.priors import FactorizedAggregatePosterior
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
+PRIOR_BANDWIDTHS = (0.0, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # kernel widths the fitted prior selects from
 
 
 def _blocks(spans) -> tuple[list[int], list[int], list[tuple[int, int]]]:
@@ -363,6 +365,11 @@ class TabularSynthesizer:
             at its best check and stops after ``patience`` checks without a better one (0: no
             selection, every row trains and each stage runs its full length).
         continuous: ``"mode"`` or ``"quantile"`` (see ``TabularTransformer``).
+        prior: the ``p(z)`` rows are sampled from: ``"aggregate"`` (the default) fits the product of
+            stage 1's aggregate-posterior marginals over the training rows after stage 1
+            (``priors.FactorizedAggregatePosterior``: independent factors, each shaped as its codes
+            are) and keeps it where the held-out bound prefers it to ``N(0, I)``; ``"standard"``:
+            ``N(0, I)``, the prior stage 1 trains against.
         stage2_options: passed to the stage 2 (``layers``, ``hidden``, ``bins``; ``components``).
         seed: seeds the transformer, the initialisation, training and (by default) sampling.
     """
@@ -372,7 +379,7 @@ class TabularSynthesizer:
                  gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
                  min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
-                 stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
+                 prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
                  progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
             raise ValueError(f"stage2 must be one of {tuple(TABULAR_STAGE2)} or None, got {stage2!r}")
@@ -381,6 +388,8 @@ class TabularSynthesizer:
                             ("min_steps", min_steps), ("patience", patience)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if prior not in ("aggregate", "standard"):
+            raise ValueError(f"prior must be 'aggregate' or 'standard', got {prior!r}")
         check_number("lr", lr, positive=True)
         check_number("validation", validation)
         if not 0 <= validation < 1:
@@ -392,13 +401,14 @@ class TabularSynthesizer:
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
                             beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
                             min_steps=min_steps, validation=validation, patience=patience,
-                            batch_size=batch_size, lr=lr, continuous=continuous,
+                            batch_size=batch_size, lr=lr, continuous=continuous, prior=prior,
                             stage2_options=dict(stage2_options or {}), seed=seed)
         self.device, self.progress = device, progress
         self.transformer = None
         self.stage1: DisentangledVAE | None = None
         self.likelihood: MixedLikelihood | None = None
         self.stage2: SecondStage | None = None
+        self.prior: FactorizedAggregatePosterior | None = None  # None: N(0, I)
         self.selection: dict[str, dict] = {}  # per stage: the held-out checks and the best step
 
     def _build(self, transformer) -> None:
@@ -456,6 +466,8 @@ class TabularSynthesizer:
         self.stage1.fit(data, loss=loss, steps=max(o["epochs"] * steps_per_epoch, o["min_steps"]),
                         monitor=selector, **common)
         self.selection = {} if selector is None else {"stage1": self._selected(selector)}
+        if o["prior"] == "aggregate":
+            self._fit_prior(data, held_out)
         nested = getattr(self.stage2, "likelihood", None)
         if nested is not None:  # a stage 2 that nests stage 1's likelihood starts from its scales
             nested.load_state_dict(self.likelihood.state_dict())
@@ -466,6 +478,40 @@ class TabularSynthesizer:
             if selector is not None:
                 self.selection["stage2"] = self._selected(selector)
         return self
+
+    @torch.no_grad()
+    def _fit_prior(self, data: Tensor, held_out: Tensor) -> None:
+        """Sets ``prior`` to the factorised aggregate posterior of the training rows ``data``: per
+        dimension, the held-out codes choose (by their likelihood, the bound's only term the prior
+        changes) between ``N(0, 1)`` and the rows' posteriors widened by a kernel width from
+        ``PRIOR_BANDWIDTHS``; without held-out rows, the posteriors as they are. ``N(0, 1)`` in a
+        dimension is stored as N copies of it (the same mixture)."""
+        self.stage1.eval()
+        mu, logvar = (torch.cat(t) for t in zip(*(self.stage1.encoder(x) for x in data.split(4096))))
+        if not len(held_out):
+            self.prior = FactorizedAggregatePosterior(mu, logvar)
+            return
+        with torch.random.fork_rng(devices=[]):  # the draw of z the bounds make
+            torch.manual_seed(self.options["seed"])
+            z = torch.cat([reparameterize(*self.stage1.encoder(x)) for x in held_out.split(4096)])
+        candidates = [(torch.zeros_like(mu), torch.zeros_like(logvar))] + [
+            (mu, torch.logaddexp(logvar, torch.tensor(2 * math.log(h))) if h > 0 else logvar)
+            for h in PRIOR_BANDWIDTHS]
+        scores = torch.stack([FactorizedAggregatePosterior(*c).marginal_log_prob(z).mean(0)
+                              for c in candidates])  # [candidates, D]: mean held-out log p_d(z_d)
+        best = scores.argmax(0)
+        dims = torch.arange(mu.shape[1])
+        self.prior = FactorizedAggregatePosterior(torch.stack([c[0] for c in candidates])[best, :, dims].T,
+                                                  torch.stack([c[1] for c in candidates])[best, :, dims].T)
+        names = ["standard"] + [f"{h:g}" for h in PRIOR_BANDWIDTHS]
+        self.selection["prior"] = {"bandwidth": [names[i] for i in best.tolist()],
+                                   "gain": float((scores[best, dims] - scores[0]).sum())}
+
+    def _codes(self, shape: tuple[int, ...]) -> Tensor:
+        """Codes ``z [*shape, D]`` drawn from the prior (global RNG)."""
+        if self.prior is None:
+            return torch.randn(*shape, self.options["latent_dim"], device=self.device)
+        return self.prior.sample(shape)
 
     def _split(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """``(training rows, held-out rows)`` of transformed rows ``data [N, F]``: a seeded random
@@ -509,7 +555,7 @@ class TabularSynthesizer:
             return self._sample(n, fixed, stage)
 
     def _sample(self, n: int, fixed: dict[int, float] | None, stage: str):
-        z = torch.randn(n, self.options["latent_dim"], device=self.device)
+        z = self._codes((n,))
         for k, value in (fixed or {}).items():
             z[:, k] = value
         return self.transformer.inverse_transform(self._rows(z, stage))
@@ -549,7 +595,7 @@ class TabularSynthesizer:
         for k in range(D):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + k)
-                z = torch.randn(len(values), n, D, device=self.device)
+                z = self._codes((len(values), n))
                 z[:, :, k] = torch.tensor(values, device=self.device)[:, None]
                 table = self.transformer.inverse_transform(self._rows(z.view(-1, D)))
             samples = [table.iloc[i * n:(i + 1) * n] for i in range(len(values))]
@@ -586,7 +632,8 @@ class TabularSynthesizer:
         ``df``: ``{"stage1", "full"}`` = ``-E[log p(x | x1(z))] + KL(q(z | x) || p(z))`` with stage
         1's ``MixedLikelihood`` or stage 2's bound in place of ``log p``, at the same seeded draw
         ``z ~ q(z | x)`` (and transform: a mode-normalised value's mode is drawn from its
-        posterior); ``"full"`` is None without a stage 2 or when it has no tractable likelihood.
+        posterior); the KL is exact under ``N(0, I)`` and its one-draw estimate
+        ``log q(z | x) - log p(z)`` under the fitted prior; ``"full"`` is None without a stage 2 or when it has no tractable likelihood.
         Lower is better; the one to select models by."""
         self._check_fitted()
         with torch.random.fork_rng(devices=[]):
@@ -607,8 +654,13 @@ class TabularSynthesizer:
             torch.manual_seed(seed)
             for x in data.split(batch_size):
                 mu, logvar = self.stage1.encoder(x)
-                kl = gaussian_kl(mu, logvar).sum(1)
-                x1 = self.stage1.decoder(reparameterize(mu, logvar))
+                z = reparameterize(mu, logvar)
+                if self.prior is None:
+                    kl = gaussian_kl(mu, logvar).sum(1)
+                else:
+                    kl = (-0.5 * ((z - mu).square() / logvar.exp() + logvar + math.log(2 * math.pi))).sum(1) \
+                        - self.prior.log_prob(z)
+                x1 = self.stage1.decoder(z)
                 totals["stage1"] += float((self.likelihood(x, x1) + kl).sum())
                 if full:
                     bound = self.stage2.log_likelihood_bound(x, x1, x1)["log_likelihood"]
@@ -622,6 +674,7 @@ class TabularSynthesizer:
             "options": self.options, "transformer": self.transformer.state_dict(),
             "stage1": self.stage1.state_dict(), "likelihood": self.likelihood.state_dict(),
             "stage2": None if self.stage2 is None else self.stage2.state_dict(),
+            "prior": None if self.prior is None else {"mu": self.prior.loc, "logvar": self.prior.logvar},
             "history": {"stage1": self.stage1.history,
                         "stage2": [] if self.stage2 is None else self.stage2.history},
             "selection": self.selection})
@@ -635,6 +688,9 @@ class TabularSynthesizer:
             synthesizer.likelihood.load_state_dict(state["likelihood"])
             synthesizer.stage1.history = state["history"]["stage1"]
             synthesizer.selection = state.get("selection", {})
+            if state.get("prior") is not None:
+                synthesizer.prior = FactorizedAggregatePosterior(state["prior"]["mu"].to(device),
+                                                                 state["prior"]["logvar"].to(device))
             if synthesizer.stage2 is not None:
                 synthesizer.stage2.load_state_dict(state["stage2"])
                 synthesizer.stage2.history = state["history"]["stage2"]
