@@ -244,6 +244,25 @@ def test_fitted_prior_is_chosen_per_dimension_by_the_held_out_bound():
     assert plain.prior is None and "prior" not in plain.selection
 
 
+def test_stage1_penalties_are_chosen_by_the_held_out_bound():
+    """Each (beta, gamma) candidate trains stage 1 from the same initialisation; the one with the
+    best held-out bound is kept, and the result is the fit with that candidate alone."""
+    df = small_frame(300)
+    options = dict(latent_dim=2, hidden=(32, 32), epochs=20, stage2_epochs=3, min_steps=1,
+                   batch_size=100, lr=3e-3, validation=0.2, progress=False, stage2_options={"hidden": 16})
+    both = TabularSynthesizer(**options, penalties=[(0.0, 0.0), (6.0, 6.0)]).fit(df)
+    record = both.selection["penalties"]
+    assert record["candidates"] == [[0.0, 0.0], [6.0, 6.0]] and len(set(record["bounds"])) == 2
+    best = min(range(2), key=lambda i: record["bounds"][i])
+    assert record["chosen"] == record["candidates"][best]
+    assert both.selection["stage1"]["best"] == min(record["bounds"])
+    alone = TabularSynthesizer(**options, penalties=[record["chosen"]]).fit(df)
+    assert "penalties" not in alone.selection
+    for a, b in zip(both.stage1.state_dict().values(), alone.stage1.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(both.sample(100, seed=0), alone.sample(100, seed=0))
+
+
 def test_interrupted_fit_resumes(tmp_path):
     df = small_frame(200)
     options = dict(latent_dim=2, hidden=(16, 16), batch_size=50, min_steps=1, progress=False,
@@ -268,11 +287,14 @@ def test_synthesizer_rejects_bad_use():
     with pytest.raises(ValueError, match="stage2 must be one of"):
         TabularSynthesizer(stage2="gan")
     for option, value in (("epochs", -1), ("stage2_epochs", 0), ("batch_size", 0), ("latent_dim", 1.5),
-                          ("lr", 0.0), ("lr", float("nan")), ("beta", -1.0), ("min_steps", 0),
+                          ("lr", 0.0), ("lr", float("nan")), ("penalties", ()), ("penalties", [(1.0,)]),
+                          ("min_steps", 0),
                           ("patience", 0), ("validation", 1.0), ("validation", -0.1),
                           ("prior", "uniform")):
         with pytest.raises(ValueError, match=option):
             TabularSynthesizer(**{option: value})
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        TabularSynthesizer(penalties=[(2.0, 1.0), (1.0, -1.0)])
     synthesizer = TabularSynthesizer(latent_dim=2, hidden=(8,), epochs=1, stage2_epochs=1,
                                      min_steps=1, progress=False)
     with pytest.raises(ValueError, match="not fitted"):

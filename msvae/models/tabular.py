@@ -9,8 +9,10 @@ dequantised by uniform noise in [0, 1), so a block's largest entry is still its 
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -356,7 +358,11 @@ class TabularSynthesizer:
             chosen by held-out likelihood), ``"vae"`` (conditional VAE refining stage 1's output),
             ``"mog"`` (conditional mixture of Gaussians) or None (stage 1 alone).
         hidden: widths of stage 1's MLPs.
-        alpha, beta, gamma: beta-TCVAE weights (index-code MI, total correlation, dimension-wise KL).
+        alpha: beta-TCVAE's index-code MI weight.
+        penalties: candidate ``(beta, gamma)`` pairs, beta-TCVAE's total-correlation and
+            dimension-wise KL weights: with held-out rows stage 1 is fitted with each and the one
+            with the best held-out bound kept (without, the first). The default's two suit large
+            tables (Adult's bound prefers ``(2, 1)``) and small ones (``(6, 6)``).
         epochs, stage2_epochs, batch_size, lr: the most passes over the training rows each stage
             makes (or ``min_steps`` Adam steps where that is more: a small table is one batch, one
             step per pass; selection may end a stage sooner) and Adam settings.
@@ -375,8 +381,9 @@ class TabularSynthesizer:
     """
 
     def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
-                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0, beta: float = 2.0,
-                 gamma: float = 1.0, epochs: int = 100, stage2_epochs: int = 100,
+                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0,
+                 penalties: Iterable[tuple[float, float]] = ((2.0, 1.0), (6.0, 6.0)),
+                 epochs: int = 100, stage2_epochs: int = 100,
                  min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
                  prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
@@ -394,12 +401,17 @@ class TabularSynthesizer:
         check_number("validation", validation)
         if not 0 <= validation < 1:
             raise ValueError(f"validation must be in [0, 1), got {validation}")
-        for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        penalties = [list(pair) for pair in penalties] if not isinstance(penalties, (str, bytes)) else []
+        if not penalties or any(len(pair) != 2 for pair in penalties):
+            raise ValueError("penalties must be a non-empty sequence of (beta, gamma) pairs")
+        weights = [("alpha", alpha)] + [(name, pair[i]) for pair in penalties
+                                        for i, name in enumerate(("beta", "gamma"))]
+        for name, value in weights:
             check_number(name, value)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
-                            beta=beta, gamma=gamma, epochs=epochs, stage2_epochs=stage2_epochs,
+                            penalties=[[float(b), float(g)] for b, g in penalties], epochs=epochs, stage2_epochs=stage2_epochs,
                             min_steps=min_steps, validation=validation, patience=patience,
                             batch_size=batch_size, lr=lr, continuous=continuous, prior=prior,
                             stage2_options=dict(stage2_options or {}), seed=seed)
@@ -431,9 +443,11 @@ class TabularSynthesizer:
 
     def fit(self, df, discrete_columns: Iterable[str] = (), column_types: dict[str, str] | None = None,
             checkpoint_dir: str | os.PathLike | None = None) -> "TabularSynthesizer":
-        """Fits the transformer (on all rows), stage 1, then stage 2 (stage 1 frozen) on the rows of
-        ``df`` less the held-out share (``validation``) that selects each stage's length. With
-        ``checkpoint_dir`` both stages checkpoint there and an interrupted fit resumes."""
+        """Fits the transformer (on all rows), stage 1 (once per candidate of ``penalties``; the
+        best held-out bound is kept), the prior, then stage 2 (stage 1 frozen) on the rows of ``df``
+        less the held-out share (``validation``) that selects each stage's length and candidate.
+        With ``checkpoint_dir`` every fit checkpoints there (candidate ``i > 0`` in
+        ``penalties{i}/``) and an interrupted fit resumes."""
         o = self.options
         transformer = TabularTransformer(o["continuous"], seed=o["seed"]).fit(df, discrete_columns,
                                                                             column_types)
@@ -455,17 +469,33 @@ class TabularSynthesizer:
                 return value
             return EarlyStopping(module, score, every, o["patience"])
 
-        loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=o["beta"],
-                             gamma=o["gamma"], recon=self.likelihood)
         common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
-                      log_every=steps_per_epoch, checkpoint_dir=checkpoint_dir,
-                      replacement=False)  # distinct rows: a small table's batch is all of it
-        # the likelihood's scales train with stage 1 (they are the loss's parameters): selected with it
-        stage1 = nn.ModuleDict({"model": self.stage1, "likelihood": self.likelihood})
-        selector = monitor(stage1, "stage1")
-        self.stage1.fit(data, loss=loss, steps=max(o["epochs"] * steps_per_epoch, o["min_steps"]),
-                        monitor=selector, **common)
-        self.selection = {} if selector is None else {"stage1": self._selected(selector)}
+                      log_every=steps_per_epoch, replacement=False)  # distinct rows: a small table's batch is all of it
+        candidates = o["penalties"] if held else o["penalties"][:1]
+        fitted = []  # per candidate: (held-out bound, weights, selection)
+        for i, (beta, gamma) in enumerate(candidates):
+            if i:
+                self._build(transformer)  # the same initialisation for every candidate
+            loss = BetaTCVAELoss(dataset_size=len(data), alpha=o["alpha"], beta=beta, gamma=gamma,
+                                 recon=self.likelihood)
+            # the likelihood's scales train with stage 1 (they are the loss's parameters): selected with it
+            stage1 = nn.ModuleDict({"model": self.stage1, "likelihood": self.likelihood})
+            selector = monitor(stage1, "stage1")
+            folder = None if checkpoint_dir is None else Path(checkpoint_dir) / (f"penalties{i}" if i else "")
+            self.stage1.fit(data, loss=loss, steps=max(o["epochs"] * steps_per_epoch, o["min_steps"]),
+                            monitor=selector, checkpoint_dir=folder, **common)
+            selected = {} if selector is None else self._selected(selector)
+            fitted.append((selected.get("best", 0.0), copy.deepcopy(stage1.state_dict()),
+                           self.stage1.history, selected))
+        chosen = min(range(len(fitted)), key=lambda i: fitted[i][0])
+        if chosen != len(fitted) - 1:
+            self._build(transformer)
+            nn.ModuleDict({"model": self.stage1, "likelihood": self.likelihood}).load_state_dict(fitted[chosen][1])
+            self.stage1.history = fitted[chosen][2]
+        self.selection = {} if not held else {"stage1": fitted[chosen][3]}
+        if len(fitted) > 1:
+            self.selection["penalties"] = {"candidates": candidates, "bounds": [f[0] for f in fitted],
+                                           "chosen": candidates[chosen]}
         if o["prior"] == "aggregate":
             self._fit_prior(data, held_out)
         nested = getattr(self.stage2, "likelihood", None)
@@ -474,7 +504,7 @@ class TabularSynthesizer:
         if self.stage2 is not None:
             selector = monitor(self.stage2, "full") if self.stage2.bound is not None else None
             self.stage2.fit(self.stage1, data, steps=max(o["stage2_epochs"] * steps_per_epoch, o["min_steps"]),
-                            monitor=selector, **common)
+                            monitor=selector, checkpoint_dir=checkpoint_dir, **common)
             if selector is not None:
                 self.selection["stage2"] = self._selected(selector)
         return self
