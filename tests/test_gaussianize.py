@@ -111,3 +111,23 @@ def test_a_one_category_block_is_the_whole_line_with_probability_one():
     torch.testing.assert_close(t, NORMAL.icdf(fraction))
     assert torch.equal(mass, torch.zeros(4, dtype=torch.float64))
     assert torch.equal(category_of(t, torch.randn(4, 1)), torch.zeros(4, dtype=torch.long))
+
+
+def test_padded_categories_give_the_unpadded_intervals():
+    """Blocks of several widths padded to one: the real categories' intervals (and the category
+    of any t) are those of the block alone; whatever the padded logits hold is ignored."""
+    g = torch.Generator().manual_seed(0)
+    widths = [1, 3, 5]
+    logits = torch.randn(4, 3, 5, generator=g, dtype=torch.float64) * 3
+    pad = torch.arange(5)[None, :] >= torch.tensor(widths)[:, None]  # [blocks, widest]
+    k = torch.stack([torch.randint(w, (4,), generator=g) for w in widths], 1)
+    lo, hi = categorical_edges(k, logits, pad)
+    t = torch.randn(4, 3, generator=g, dtype=torch.float64) * 3
+    t[0] = 40.0  # beyond any finite threshold: the last real category, never a padded one
+    got = category_of(t, logits, pad)
+    for b, w in enumerate(widths):
+        ref_lo, ref_hi = categorical_edges(k[:, b], logits[:, b, :w])
+        torch.testing.assert_close(lo[:, b], ref_lo, rtol=0, atol=0)
+        torch.testing.assert_close(hi[:, b], ref_hi, rtol=0, atol=0)
+        assert torch.equal(got[:, b], category_of(t[:, b], logits[:, b, :w]))
+    assert torch.equal(got[0], torch.tensor(widths) - 1)

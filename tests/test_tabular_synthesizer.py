@@ -42,6 +42,26 @@ def test_mixed_likelihood_is_the_sum_of_its_parts():
     assert draws[:, 2].mean().item() == pytest.approx(torch.softmax(output[0, 1:4], 0)[1].item(), abs=0.03)
 
 
+def test_mixed_likelihood_scores_blocks_of_every_width_as_one_categorical_each():
+    """The padded one-pass log-softmax equals a categorical per block, values and gradients."""
+    spans = [Span("a", "softmax", 0, 3), Span("b", "scalar", 3, 1), Span("c", "softmax", 4, 1),
+             Span("d", "softmax", 5, 5), Span("e", "binary", 10, 1)]
+    likelihood = MixedLikelihood(spans).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(6, 11, dtype=torch.float64)
+    for start, size in ((0, 3), (4, 1), (5, 5)):
+        x[torch.arange(6), start + torch.randint(size, (6,), generator=g)] = 1.0
+    x[:, 3], x[:, 10] = torch.randn(6, generator=g, dtype=torch.float64), 1.0
+    output = torch.randn(6, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = sum(-(x[:, a:a + n] * output[:, a:a + n].log_softmax(1)).sum(1) for a, n in ((0, 3), (4, 1), (5, 5)))
+    expected = expected + F.binary_cross_entropy_with_logits(output[:, 10], x[:, 10], reduction="none")
+    expected = expected + 0.5 * ((x[:, 3] - output[:, 3]) / 0.1) ** 2 + np.log(0.1) + 0.5 * np.log(2 * np.pi)
+    got = likelihood(x, output)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), output)[0],
+                               torch.autograd.grad(expected.sum(), output)[0])
+
+
 def test_a_certain_scalar_is_not_scored_so_the_bound_stays_bounded():
     """A scalar fixed by its row's point mode (or missingness) has probability 1 given it: neither
     stage 1 nor the flow may gain density on it, however small its scale."""

@@ -57,12 +57,19 @@ def _bernoulli_threshold(logits: Tensor) -> Tensor:
     return _probit_of_cdf(torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits))
 
 
-def categorical_thresholds(logits: Tensor) -> Tensor:
-    """The ``K - 1`` interior thresholds ``[..., K - 1]`` (float64) of categorical logits ``[..., K]``."""
-    log_p = logits.double().log_softmax(-1)
+def categorical_thresholds(logits: Tensor, pad: Tensor | None = None) -> Tensor:
+    """The ``K - 1`` interior thresholds ``[..., K - 1]`` (float64) of categorical logits ``[..., K]``.
+    ``pad`` (bool, broadcast to ``logits``): trailing categories that do not exist (blocks of
+    several widths padded to one); their logits are ignored and the thresholds before them are
+    ``+inf``, so the last real category's interval ends at ``+inf`` as it would unpadded."""
+    logits = logits.double()
+    if pad is not None:
+        logits = logits.masked_fill(pad, -math.inf)
+    log_p = logits.log_softmax(-1)
     log_cdf = log_p.logcumsumexp(-1)[..., :-1]
     log_sf = log_p.flip(-1).logcumsumexp(-1).flip(-1)[..., 1:]
-    return _probit_of_cdf(log_cdf, log_sf)
+    thresholds = _probit_of_cdf(log_cdf, log_sf)
+    return thresholds if pad is None else thresholds.masked_fill(pad[..., 1:], math.inf)
 
 
 def _interval(thresholds: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,14 +80,15 @@ def _interval(thresholds: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     return padded.gather(-1, k).squeeze(-1), padded.gather(-1, k + 1).squeeze(-1)
 
 
-def categorical_edges(k: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
-    """``[lo, hi)`` (float64, ``k``'s shape) of categories ``k [...]`` under logits ``[..., K]``."""
+def categorical_edges(k: Tensor, logits: Tensor, pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``[lo, hi)`` (float64, ``k``'s shape) of categories ``k [...]`` under logits ``[..., K]``
+    (``pad``: see ``categorical_thresholds``)."""
     if logits.shape[:-1] != k.shape or logits.shape[-1] < 1:  # K = 1: one bin, the whole line
         raise ValueError(f"logits must be [..., K >= 1] over k's shape {tuple(k.shape)}, got "
                          f"{tuple(logits.shape)}")
     if bool(((k < 0) | (k >= logits.shape[-1])).any()):
         raise ValueError(f"categories must lie in [0, {logits.shape[-1]})")
-    return _interval(categorical_thresholds(logits), k)
+    return _interval(categorical_thresholds(logits, pad), k)
 
 
 def bin_edges(x: Tensor, output: Tensor, likelihood: str, levels: int) -> tuple[Tensor, Tensor]:
@@ -136,8 +144,9 @@ def bin_of(t: Tensor, output: Tensor, likelihood: str, levels: int) -> Tensor:
     return (k / (levels - 1)).to(output.dtype)
 
 
-def category_of(t: Tensor, logits: Tensor) -> Tensor:
-    """The category ``[...]`` (long) whose interval holds ``t [...]`` under logits ``[..., K]``."""
+def category_of(t: Tensor, logits: Tensor, pad: Tensor | None = None) -> Tensor:
+    """The category ``[...]`` (long) whose interval holds ``t [...]`` under logits ``[..., K]``
+    (``pad``: see ``categorical_thresholds``)."""
     if logits.shape[:-1] != t.shape:
         raise ValueError(f"logits must be [..., K] over t's shape {tuple(t.shape)}, got {tuple(logits.shape)}")
-    return (t.double().unsqueeze(-1) >= categorical_thresholds(logits)).sum(-1)
+    return (t.double().unsqueeze(-1) >= categorical_thresholds(logits, pad)).sum(-1)

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from msvae.distributed import data_parallel, process_seed, rank_and_size
 from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, BetaTCVAELoss, reconstruction_nll
 from msvae.models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, reparameterize
-from msvae.models.training import (RandomBatches, autocast, build_from_file, linear_warmup,
+from msvae.models.training import (RandomBatches, adam, autocast, build_from_file, linear_warmup,
                                    resolve_precision, save_checkpoint, train_resumably, EarlyStopping)
 
 
@@ -128,8 +128,8 @@ class DisentangledVAE(nn.Module):
         discriminator_step = getattr(loss_fn, "discriminator_step", None)
         discriminator = getattr(loss_fn, "discriminator", None)
         shared = {id(p) for p in discriminator.parameters()} if discriminator is not None else set()
-        optimizer = torch.optim.Adam([*self.parameters(),
-                                      *(p for p in loss_fn.parameters() if id(p) not in shared)], lr=lr)
+        optimizer = adam([*self.parameters(), *(p for p in loss_fn.parameters() if id(p) not in shared)],
+                         lr=lr)
         disc_optimizer = (torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
                           if discriminator_step is not None else None)
         precision = resolve_precision(precision, self.device)

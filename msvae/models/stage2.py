@@ -37,7 +37,7 @@ from msvae.flows.gaussianize import bin_edges, bin_of, check as gaussianize_chec
 from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, gaussian_kl, reconstruction_nll
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
-from msvae.models.training import (RandomBatches, autocast, flush_denormals, kl_penalty, linear_warmup,
+from msvae.models.training import (RandomBatches, adam, autocast, flush_denormals, kl_penalty, linear_warmup,
                                    resolve_precision, train_resumably, EarlyStopping)
 
 BOUNDS = ("elbo", "dequantized", "exact", None)
@@ -308,7 +308,7 @@ class SecondStage(nn.Module):
 
     def optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         """The optimisers ``training_step`` uses, by name (checkpointed under those names)."""
-        return {"optimizer": torch.optim.Adam(self.parameters(), lr=lr)}
+        return {"optimizer": adam(self.parameters(), lr=lr)}
 
     def training_step(self, x: Tensor, x1: Tensor, x1_mean: Tensor, step: int,
                       optimizers: dict[str, torch.optim.Optimizer],

@@ -61,6 +61,15 @@ class MixedLikelihood(nn.Module):
         for j, span in enumerate(span for span in spans if span.kind == "scalar"):
             fixing[list(span.fixed_by), j] = 1.0
         self.register_buffer("fixing", fixing, persistent=False)
+        # the one-hot blocks as one padded gather [blocks, widest]: one log-softmax for all of them
+        widest = max((size for _, size in softmax), default=0)
+        index = torch.zeros(len(softmax), widest, dtype=torch.long)
+        pad = torch.ones(len(softmax), widest, dtype=torch.bool)
+        for b, (start, size) in enumerate(softmax):
+            index[b, :size] = torch.arange(start, start + size)
+            pad[b, :size] = False
+        self.register_buffer("block_index", index, persistent=False)
+        self.register_buffer("block_pad", pad, persistent=False)
         self.log_scale = nn.Parameter(torch.full((len(scalar),), math.log(0.1)))
 
     def scale(self) -> Tensor:
@@ -81,9 +90,10 @@ class MixedLikelihood(nn.Module):
         if len(self.binary):
             nll = nll + F.binary_cross_entropy_with_logits(
                 output[:, self.binary], x[:, self.binary], reduction="none").sum(1)
-        for start, size in self.softmax_blocks:
-            logits = output[:, start:start + size]
-            nll = nll - (x[:, start:start + size] * logits.log_softmax(1)).sum(1)
+        if self.softmax_blocks:
+            logits = output[:, self.block_index].masked_fill(self.block_pad, -math.inf)  # [B, blocks, widest]
+            log_p = logits.log_softmax(-1).masked_fill(self.block_pad, 0.0)
+            nll = nll - (x[:, self.block_index] * log_p).sum((1, 2))
         return nll
 
     @torch.no_grad()
@@ -156,9 +166,10 @@ class TabularFlowStage2(SecondStage):
         if len(self.likelihood.binary):
             b = self.likelihood.binary
             edges.append(bin_edges(x[:, b].clamp(0, 1), x1[:, b], "bernoulli", 2))
-        for start, size in self.softmax_blocks:
-            k = x[:, start:start + size].argmax(1)
-            edges.append(tuple(e[:, None] for e in categorical_edges(k, x1[:, start:start + size])))
+        if self.softmax_blocks:  # every block at once, padded to the widest
+            index, pad = self.likelihood.block_index, self.likelihood.block_pad
+            k = x[:, index].masked_fill(pad, -1.0).argmax(-1)  # [B, blocks]
+            edges.append(categorical_edges(k, x1[:, index], pad))
         if edges:
             lo, hi = (torch.cat(e, 1) for e in zip(*edges))
             fraction = torch.full_like(lo, 0.5) if midpoint else torch.rand_like(lo)
@@ -215,10 +226,11 @@ class TabularFlowStage2(SecondStage):
         if len(binary):
             x[:, binary] = bin_of(t[:, column:column + len(binary)], x1[:, binary], "bernoulli", 2)
             column += len(binary)
-        for start, size in self.softmax_blocks:
-            k = category_of(t[:, column], x1[:, start:start + size])
-            x[:, start:start + size] = F.one_hot(k, size).to(x.dtype)
-            column += 1
+        if self.softmax_blocks:
+            index, pad = self.likelihood.block_index, self.likelihood.block_pad
+            k = category_of(t[:, column:], x1[:, index], pad)  # [B, blocks]
+            rows = torch.arange(len(x), device=x.device)[:, None]
+            x[rows, index[torch.arange(len(index), device=x.device), k]] = 1.0
         return x
 
 
