@@ -426,7 +426,13 @@ def test_triangular_affine_starts_at_the_identity_and_fits_the_gaussian_in_close
     torch.manual_seed(0)
     mixing = torch.tensor([[2.0, 0.0, 0.0], [1.5, 0.5, 0.0], [-1.0, 0.3, 1.0]])
     data = torch.randn(20_000, 3) @ mixing.T + torch.tensor([1.0, -2.0, 3.0])
+    assert not layer.fitted
     layer.fit_gaussian(data)
+    assert layer.fitted
+    copy = TriangularAffine(3)
+    assert not copy.fitted
+    copy.load_state_dict(layer.state_dict())  # the flag travels with the weights
+    assert copy.fitted
     white, ladj = layer(data)
     torch.testing.assert_close(white.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.cov(white.T), torch.eye(3), atol=1e-2, rtol=0)  # shrunk a little

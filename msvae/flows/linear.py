@@ -13,8 +13,9 @@ class TriangularAffine(Transform):
     ``exp(log_diag)``; log-det ``sum(log_diag)``. Starts at the identity. ``fit_gaussian(x)`` sets
     it, in closed form, to the whitening of ``x`` (``shift`` the mean, ``A`` the inverse Cholesky
     factor of a Ledoit-Wolf-shrunk covariance): the maximum-likelihood Gaussian, so a flow that
-    begins with this layer and otherwise identity layers starts as a Gaussian copula of its input.
-    Any ``context`` is ignored.
+    begins with this layer and otherwise identity layers starts as a Gaussian copula of its input;
+    ``fitted`` (a buffer, saved with the weights) says whether it has been. Any ``context`` is
+    ignored.
     """
 
     def __init__(self, features: int):
@@ -26,6 +27,19 @@ class TriangularAffine(Transform):
         self.lower = nn.Parameter(torch.zeros(features, features))  # its strictly lower part is used
         self.log_diag = nn.Parameter(torch.zeros(features))
         self.register_buffer("mask", torch.tril(torch.ones(features, features), -1))
+        self.register_buffer("fitted_flag", torch.tensor(False))
+        self._known_fitted = False  # host copy of the flag once it is True: no device sync per call
+
+    @property
+    def fitted(self) -> bool:
+        """Whether ``fit_gaussian`` has set the layer (here or in the weights it was loaded from)."""
+        if not self._known_fitted:
+            self._known_fitted = bool(self.fitted_flag)
+        return self._known_fitted
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_fitted = False  # re-read the loaded flag
 
     def matrix(self) -> Tensor:
         """``A [C, C]``."""
@@ -46,6 +60,8 @@ class TriangularAffine(Transform):
         self.shift.copy_(torch.from_numpy(values.mean(0)))
         self.lower.copy_(whitening.tril(-1))
         self.log_diag.copy_(whitening.diagonal().log())
+        self.fitted_flag.fill_(True)
+        self._known_fitted = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_tensor(x, "x", 2, self.features, f"[B, {self.features}]")

@@ -146,8 +146,6 @@ class TabularFlowStage2(SecondStage):
         self.w_dim = len(self.likelihood.scalar) + len(self.likelihood.binary) + len(self.softmax_blocks)
         self.flow = ConditionalFlow.spline(self.w_dim, self.features, layers, hidden, bins, tail_bound,
                                            linear=True)
-        self.register_buffer("initialized", torch.tensor(False))  # the linear layer fitted
-        self._known_initialized = False  # host copy of `initialized`: no device sync per step
         self.history: list[dict] = []
 
     def _gaussianize(self, x: Tensor, x1: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
@@ -178,10 +176,6 @@ class TabularFlowStage2(SecondStage):
             ladj.append(ladj_discrete.sum(1).to(x.dtype))
         return torch.cat(t, 1), sum(ladj)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._known_initialized = False  # re-read the loaded buffer
-
     def log_prob(self, x: Tensor, x1: Tensor, midpoint: bool = False) -> Tensor:
         """Lower bound on ``log P(x | x1)`` (densities for scalars, probabilities for discrete
         atoms) ``[B]``, one draw of the dequantisation; the untrained flow gives stage 1's exactly."""
@@ -192,13 +186,10 @@ class TabularFlowStage2(SecondStage):
         """Negative log-likelihood bound, nats per row. The first call sets the flow's linear layer
         to the whitening of the batch's atoms (``TriangularAffine.fit_gaussian``): training starts
         from the Gaussian copula of what stage 1 leaves, which the couplings then refine."""
-        if not self._known_initialized:
-            if not bool(self.initialized):
-                with torch.no_grad():
-                    atoms = self._gaussianize(x, x1, False)[0].float()
-                    self.flow.transform.transforms[0].fit_gaussian(atoms)
-                self.initialized.fill_(True)
-            self._known_initialized = True
+        linear = self.flow.transform.transforms[0]
+        if not linear.fitted:
+            with torch.no_grad():
+                linear.fit_gaussian(self._gaussianize(x, x1, False)[0].float())
         total = -self.log_prob(x, x1).mean()
         return total, {"loss": total}
 
@@ -387,7 +378,10 @@ class TabularSynthesizer:
             stage 1's aggregate-posterior marginals over the training rows after stage 1
             (``priors.FactorizedAggregatePosterior``: independent factors, each shaped as its codes
             are) and keeps it where the held-out bound prefers it to ``N(0, I)``; ``"standard"``:
-            ``N(0, I)``, the prior stage 1 trains against.
+            ``N(0, I)``, the prior stage 1 trains against. The fitted prior's components are
+            the training rows' posteriors, so a saved model holds each row's code (decodable to
+            an approximation of the row): where rows are private, share samples, not the model
+            file, or use ``"standard"``.
         stage2_options: passed to the stage 2 (``layers``, ``hidden``, ``bins``; ``components``).
         seed: seeds the transformer, the initialisation, training and (by default) sampling.
     """
