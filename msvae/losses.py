@@ -378,7 +378,7 @@ def imq_mmd(a: Tensor, b: Tensor, scales: tuple[float, ...] = IMQ_SCALES, joint:
     return (within_a + within_b - 2 * kernel_sum(a, b) / (n * m)).sum()
 
 
-def _prior_kl(z: Tensor, mu: Tensor, logvar: Tensor, prior: Distribution) -> Tensor:
+def prior_kl(z: Tensor, mu: Tensor, logvar: Tensor, prior: Distribution) -> Tensor:
     """KL(q(z|x) || p(z)) per sample ``[B]``: analytic for a diagonal-Gaussian prior, else the
     single-sample Monte-Carlo estimate ``log q(z|x) - log p(z)`` at the sampled codes."""
     if isinstance(prior, AnisotropicGaussian):
@@ -426,7 +426,7 @@ def decomposition_loss(x: Tensor, x_logits_or_mean: Tensor, z: Tensor, mu: Tenso
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num_prior_samples must be a positive int, got {num_prior_samples!r}")
     nll = reconstruction_nll(x, x_logits_or_mean, recon).mean()
-    kl = _prior_kl(z, mu, logvar, prior).mean()
+    kl = prior_kl(z, mu, logvar, prior).mean()
     loss = nll + beta * kl
     terms = {"loss": loss, "recon": nll, "kl": kl}
     if alpha > 0:

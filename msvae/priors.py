@@ -21,8 +21,8 @@ from msvae.ops import mixture_log_density
 LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = ["AnisotropicGaussian", "FactorizedAggregatePosterior", "GaussianMixture", "IsotropicGaussian",
-           "LearnedAnisotropicGaussian", "LearnedGaussianMixture", "LearnedPrior", "SpikeAndSlab", "StudentTProduct",
-           "as_distribution"]
+           "LearnedAnisotropicGaussian", "LearnedGaussianMixture", "LearnedPrior", "SpikeAndSlab",
+           "StudentTProduct", "as_distribution"]
 
 
 def _normal_log_density(z: Tensor, loc: Tensor | float, scale: Tensor) -> Tensor:

@@ -37,8 +37,8 @@ from msvae.flows.gaussianize import bin_edges, bin_of, check as gaussianize_chec
 from msvae.losses import RECONSTRUCTIONS as LIKELIHOODS, gaussian_kl, reconstruction_nll
 from msvae.models.networks import (ConvEncoder, ToImageConvTranspose2d, cat_channels, full_precision,
                                    reparameterize)
-from msvae.models.training import (RandomBatches, adam, autocast, flush_denormals, kl_penalty, linear_warmup,
-                                   resolve_precision, train_resumably, EarlyStopping)
+from msvae.models.training import (RandomBatches, adam, autocast, flush_denormals, kl_penalty,
+                                   linear_warmup, resolve_precision, train_resumably, EarlyStopping)
 
 BOUNDS = ("elbo", "dequantized", "exact", None)
 

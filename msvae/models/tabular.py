@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from msvae.flows import ConditionalFlow
 from msvae.flows.gaussianize import bin_edges, bin_of, categorical_edges, category_of, gaussianize
 from msvae.data.tabular import Span, TabularTransformer
-from msvae.losses import BetaTCVAELoss, gaussian_kl
+from msvae.losses import BetaTCVAELoss, gaussian_kl, prior_kl
 from msvae.models.networks import MLPDecoder, MLPEncoder, reparameterize
 from msvae.models.stage1 import DisentangledVAE
 from msvae.models.stage2 import SecondStage
@@ -377,7 +377,8 @@ class TabularSynthesizer:
         prior: the ``p(z)`` rows are sampled from: ``"aggregate"`` (the default) fits the product of
             stage 1's aggregate-posterior marginals over the training rows after stage 1
             (``priors.FactorizedAggregatePosterior``: independent factors, each shaped as its codes
-            are) and keeps it where the held-out bound prefers it to ``N(0, I)``; ``"standard"``:
+            are): per factor the held-out codes' likelihood chooses ``N(0, 1)`` or the rows'
+            posteriors widened by a kernel width (without held-out rows: as they are); ``"standard"``:
             ``N(0, I)``, the prior stage 1 trains against. The fitted prior's components are
             the training rows' posteriors, so a saved model holds each row's code (decodable to
             an approximation of the row): where rows are private, share samples, not the model
@@ -392,8 +393,8 @@ class TabularSynthesizer:
                  epochs: int = 100, stage2_epochs: int = 100,
                  min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
                  batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
-                 prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0, device: str = "cpu",
-                 progress: bool = True):
+                 prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0,
+                 device: str = "cpu", progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
             raise ValueError(f"stage2 must be one of {tuple(TABULAR_STAGE2)} or None, got {stage2!r}")
         for name, value in (("latent_dim", latent_dim), ("epochs", epochs),
@@ -417,7 +418,8 @@ class TabularSynthesizer:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
-                            penalties=[[float(b), float(g)] for b, g in penalties], epochs=epochs, stage2_epochs=stage2_epochs,
+                            penalties=[[float(b), float(g)] for b, g in penalties], epochs=epochs,
+                            stage2_epochs=stage2_epochs,
                             min_steps=min_steps, validation=validation, patience=patience,
                             batch_size=batch_size, lr=lr, continuous=continuous, prior=prior,
                             stage2_options=dict(stage2_options or {}), seed=seed)
@@ -669,7 +671,8 @@ class TabularSynthesizer:
         1's ``MixedLikelihood`` or stage 2's bound in place of ``log p``, at the same seeded draw
         ``z ~ q(z | x)`` (and transform: a mode-normalised value's mode is drawn from its
         posterior); the KL is exact under ``N(0, I)`` and its one-draw estimate
-        ``log q(z | x) - log p(z)`` under the fitted prior; ``"full"`` is None without a stage 2 or when it has no tractable likelihood.
+        ``log q(z | x) - log p(z)`` under the fitted prior; ``"full"`` is None without a stage 2
+        or when it has no tractable likelihood.
         Lower is better; the one to select models by."""
         self._check_fitted()
         with torch.random.fork_rng(devices=[]):
@@ -691,11 +694,7 @@ class TabularSynthesizer:
             for x in data.split(batch_size):
                 mu, logvar = self.stage1.encoder(x)
                 z = reparameterize(mu, logvar)
-                if self.prior is None:
-                    kl = gaussian_kl(mu, logvar).sum(1)
-                else:
-                    kl = (-0.5 * ((z - mu).square() / logvar.exp() + logvar + math.log(2 * math.pi))).sum(1) \
-                        - self.prior.log_prob(z)
+                kl = gaussian_kl(mu, logvar).sum(1) if self.prior is None else prior_kl(z, mu, logvar, self.prior)
                 x1 = self.stage1.decoder(z)
                 totals["stage1"] += float((self.likelihood(x, x1) + kl).sum())
                 if full:
