@@ -33,6 +33,8 @@ from msvae.priors import FactorizedAggregatePosterior
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 PRIOR_BANDWIDTHS = (0.0, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # kernel widths the fitted prior selects from
+PENALTIES, NUMERIC_TABLE_PENALTIES = (2.0, 1.0), (6.0, 6.0)  # stage 1's default (beta, gamma)
+NUMERIC_TABLE_SHARE = 0.8  # tables with at least this share of numeric columns default to NUMERIC_TABLE_PENALTIES
 
 
 def _blocks(spans) -> tuple[list[int], list[int], list[tuple[int, int]]]:
@@ -70,6 +72,13 @@ class MixedLikelihood(nn.Module):
             pad[b, :size] = False
         self.register_buffer("block_index", index, persistent=False)
         self.register_buffer("block_pad", pad, persistent=False)
+        # [F, blocks]: feature in block; [F]: feature in some block (a categorical's log-probability
+        # is its block's logsumexp less its logit, so the one-hot entries need no gather)
+        in_block = torch.zeros(fixing.shape[0], len(softmax))
+        for b, (start, size) in enumerate(softmax):
+            in_block[start:start + size, b] = 1.0
+        self.register_buffer("in_block", in_block, persistent=False)
+        self.register_buffer("categorical", in_block.sum(1), persistent=False)
         self.log_scale = nn.Parameter(torch.full((len(scalar),), math.log(0.1)))
 
     def scale(self) -> Tensor:
@@ -84,7 +93,7 @@ class MixedLikelihood(nn.Module):
         nll = x.new_zeros(x.shape[0])
         if len(self.scalar):
             log_scale = self.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
-            error = (x[:, self.scalar] - output[:, self.scalar]) / log_scale.exp()
+            error = (x - output)[:, self.scalar] / log_scale.exp()
             terms = 0.5 * error.square() + log_scale + 0.5 * math.log(2 * math.pi)
             nll = nll + (terms * self.free(x)).sum(1)
         if len(self.binary):
@@ -92,8 +101,8 @@ class MixedLikelihood(nn.Module):
                 output[:, self.binary], x[:, self.binary], reduction="none").sum(1)
         if self.softmax_blocks:
             logits = output[:, self.block_index].masked_fill(self.block_pad, -math.inf)  # [B, blocks, widest]
-            log_p = logits.log_softmax(-1).masked_fill(self.block_pad, 0.0)
-            nll = nll - (x[:, self.block_index] * log_p).sum((1, 2))
+            nll = nll + ((x @ self.in_block.to(x.dtype)) * logits.logsumexp(-1)).sum(1) \
+                - (x * output) @ self.categorical.to(x.dtype)
         return nll
 
     @torch.no_grad()
@@ -364,8 +373,12 @@ class TabularSynthesizer:
         alpha: beta-TCVAE's index-code MI weight.
         penalties: candidate ``(beta, gamma)`` pairs, beta-TCVAE's total-correlation and
             dimension-wise KL weights: with held-out rows stage 1 is fitted with each and the one
-            with the best held-out bound kept (without, the first). The default's two suit large
-            tables (Adult's bound prefers ``(2, 1)``) and small ones (``(6, 6)``).
+            with the best held-out bound kept (without, the first). None (the default): one fit,
+            at ``NUMERIC_TABLE_PENALTIES`` (6, 6) where at least ``NUMERIC_TABLE_SHARE`` of the
+            columns are numeric, else at ``PENALTIES`` (2, 1): the held-out bound's choice between
+            the two on every table of the bench (breast cancer, wine, diabetes: (6, 6); Adult, also
+            subsampled to 1,000 rows: (2, 1)); a rule fitted to four tables, which spares the
+            second fit — pass both to select.
         epochs, stage2_epochs, batch_size, lr: the most passes over the training rows each stage
             makes (or ``min_steps`` Adam steps where that is more: a small table is one batch, one
             step per pass; selection may end a stage sooner) and Adam settings.
@@ -388,11 +401,11 @@ class TabularSynthesizer:
     """
 
     def __init__(self, latent_dim: int = 8, stage2: str | None = "flow",
-                 hidden: tuple[int, ...] = (256, 256), alpha: float = 1.0,
-                 penalties: Iterable[tuple[float, float]] = ((2.0, 1.0), (6.0, 6.0)),
+                 hidden: tuple[int, ...] = (128, 128), alpha: float = 1.0,
+                 penalties: Iterable[tuple[float, float]] | None = None,
                  epochs: int = 100, stage2_epochs: int = 100,
                  min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
-                 batch_size: int = 500, lr: float = 1e-3, continuous: str = "mode",
+                 batch_size: int = 500, lr: float = 3e-3, continuous: str = "mode",
                  prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0,
                  device: str = "cpu", progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
@@ -408,17 +421,19 @@ class TabularSynthesizer:
         check_number("validation", validation)
         if not 0 <= validation < 1:
             raise ValueError(f"validation must be in [0, 1), got {validation}")
-        penalties = [list(pair) for pair in penalties] if not isinstance(penalties, (str, bytes)) else []
-        if not penalties or any(len(pair) != 2 for pair in penalties):
-            raise ValueError("penalties must be a non-empty sequence of (beta, gamma) pairs")
-        weights = [("alpha", alpha)] + [(name, pair[i]) for pair in penalties
+        if penalties is not None:
+            penalties = [list(pair) for pair in penalties] if not isinstance(penalties, (str, bytes)) else []
+            if not penalties or any(len(pair) != 2 for pair in penalties):
+                raise ValueError("penalties must be None or a non-empty sequence of (beta, gamma) pairs")
+        weights = [("alpha", alpha)] + [(name, pair[i]) for pair in penalties or ()
                                         for i, name in enumerate(("beta", "gamma"))]
         for name, value in weights:
             check_number(name, value)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2, hidden=list(hidden), alpha=alpha,
-                            penalties=[[float(b), float(g)] for b, g in penalties], epochs=epochs,
+                            penalties=None if penalties is None else [[float(b), float(g)] for b, g in penalties],
+                            epochs=epochs,
                             stage2_epochs=stage2_epochs,
                             min_steps=min_steps, validation=validation, patience=patience,
                             batch_size=batch_size, lr=lr, continuous=continuous, prior=prior,
@@ -479,7 +494,10 @@ class TabularSynthesizer:
 
         common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
                       log_every=steps_per_epoch, replacement=False)  # distinct rows: a small table's batch is all of it
-        candidates = o["penalties"] if held else o["penalties"][:1]
+        numeric = np.mean([column.kind != "categorical" for column in transformer.columns])
+        candidates = o["penalties"] or [list(NUMERIC_TABLE_PENALTIES if numeric >= NUMERIC_TABLE_SHARE
+                                             else PENALTIES)]
+        candidates = candidates if held else candidates[:1]
         fitted = []  # per candidate: (held-out bound, weights, selection)
         for i, (beta, gamma) in enumerate(candidates):
             if i:
@@ -500,10 +518,10 @@ class TabularSynthesizer:
             self._build(transformer)
             nn.ModuleDict({"model": self.stage1, "likelihood": self.likelihood}).load_state_dict(fitted[chosen][1])
             self.stage1.history = fitted[chosen][2]
-        self.selection = {} if not held else {"stage1": fitted[chosen][3]}
-        if len(fitted) > 1:
-            self.selection["penalties"] = {"candidates": candidates, "bounds": [f[0] for f in fitted],
-                                           "chosen": candidates[chosen]}
+        self.selection = {} if not held else {
+            "stage1": fitted[chosen][3],
+            "penalties": {"candidates": candidates, "bounds": [f[0] for f in fitted],
+                          "chosen": candidates[chosen]}}
         if o["prior"] == "aggregate":
             self._fit_prior(data, held_out)
         nested = getattr(self.stage2, "likelihood", None)
