@@ -284,18 +284,12 @@ def test_stage1_penalties_are_chosen_by_the_held_out_bound():
     pd.testing.assert_frame_equal(both.sample(100, seed=0), alone.sample(100, seed=0))
 
 
-def test_default_penalties_follow_the_share_of_numeric_columns(monkeypatch):
-    """penalties=None: one stage-1 fit, at (6, 6) where at least NUMERIC_TABLE_SHARE of the
-    columns are numeric, else (2, 1)."""
-    from msvae.models import tabular
-
+def test_default_penalties_are_one_fit_at_2_1():
     df = small_frame(200)
-    share = 3 / 5  # amount, count, score of five columns
     options = dict(latent_dim=2, hidden=(16, 16), epochs=2, stage2=None, min_steps=1, batch_size=50,
                    validation=0.2, progress=False)
-    for threshold, chosen in ((share, [6.0, 6.0]), (share + 0.01, [2.0, 1.0])):
-        monkeypatch.setattr(tabular, "NUMERIC_TABLE_SHARE", threshold)
-        assert TabularSynthesizer(**options).fit(df).selection["penalties"]["candidates"] == [chosen]
+    record = TabularSynthesizer(**options).fit(df).selection["penalties"]
+    assert record["candidates"] == [[2.0, 1.0]] and len(record["bounds"]) == 1
 
 
 def test_interrupted_fit_resumes(tmp_path):

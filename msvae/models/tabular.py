@@ -33,8 +33,7 @@ from msvae.priors import FactorizedAggregatePosterior
 
 MIN_LOG_SCALE, MAX_LOG_SCALE = math.log(0.01), 0.0
 PRIOR_BANDWIDTHS = (0.0, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # kernel widths the fitted prior selects from
-PENALTIES, NUMERIC_TABLE_PENALTIES = (2.0, 1.0), (6.0, 6.0)  # stage 1's default (beta, gamma)
-NUMERIC_TABLE_SHARE = 0.8  # tables with at least this share of numeric columns default to NUMERIC_TABLE_PENALTIES
+PENALTIES = (2.0, 1.0)  # stage 1's default (beta, gamma)
 
 
 def _blocks(spans) -> tuple[list[int], list[int], list[tuple[int, int]]]:
@@ -373,12 +372,10 @@ class TabularSynthesizer:
         alpha: beta-TCVAE's index-code MI weight.
         penalties: candidate ``(beta, gamma)`` pairs, beta-TCVAE's total-correlation and
             dimension-wise KL weights: with held-out rows stage 1 is fitted with each and the one
-            with the best held-out bound kept (without, the first). None (the default): one fit,
-            at ``NUMERIC_TABLE_PENALTIES`` (6, 6) where at least ``NUMERIC_TABLE_SHARE`` of the
-            columns are numeric, else at ``PENALTIES`` (2, 1): the held-out bound's choice between
-            the two on every table of the bench (breast cancer, wine, diabetes: (6, 6); Adult, also
-            subsampled to 1,000 rows: (2, 1)); a rule fitted to four tables, which spares the
-            second fit — pass both to select.
+            with the best held-out bound kept (without, the first). None (the default): one fit at
+            ``PENALTIES`` (2, 1), the held-out bound's choice over (6, 6) on Adult, breast cancer
+            and diabetes at the default width and lr (wine prefers (6, 6)); a second candidate
+            costs a second stage-1 fit.
         epochs, stage2_epochs, batch_size, lr: the most passes over the training rows each stage
             makes (or ``min_steps`` Adam steps where that is more: a small table is one batch, one
             step per pass; selection may end a stage sooner) and Adam settings.
@@ -494,9 +491,7 @@ class TabularSynthesizer:
 
         common = dict(batch_size=batch_size, lr=o["lr"], progress=self.progress, seed=o["seed"],
                       log_every=steps_per_epoch, replacement=False)  # distinct rows: a small table's batch is all of it
-        numeric = np.mean([column.kind != "categorical" for column in transformer.columns])
-        candidates = o["penalties"] or [list(NUMERIC_TABLE_PENALTIES if numeric >= NUMERIC_TABLE_SHARE
-                                             else PENALTIES)]
+        candidates = o["penalties"] or [list(PENALTIES)]
         candidates = candidates if held else candidates[:1]
         fitted = []  # per candidate: (held-out bound, weights, selection)
         for i, (beta, gamma) in enumerate(candidates):
