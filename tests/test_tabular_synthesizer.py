@@ -292,6 +292,21 @@ def test_default_penalties_are_one_fit_at_2_1():
     assert record["candidates"] == [[2.0, 1.0]] and len(record["bounds"]) == 1
 
 
+def test_default_width_and_lr_follow_whether_the_table_is_one_batch(tmp_path):
+    """hidden=None, lr=None: 128 wide at 3e-3 when the training rows are one batch, else 256 at
+    1e-3; a loaded model has the width it was fitted with."""
+    df = small_frame(200)  # 160 training rows
+    options = dict(latent_dim=2, epochs=1, stage2=None, min_steps=1, validation=0.2, progress=False)
+    for batch_size, hidden, lr in ((160, [128, 128], 3e-3), (159, [256, 256], 1e-3)):
+        synthesizer = TabularSynthesizer(**options, batch_size=batch_size).fit(df)
+        assert synthesizer.settings == {"hidden": hidden, "lr": lr}
+        assert synthesizer.stage1.encoder.net[0].out_features == hidden[0]
+    synthesizer.save(tmp_path / "model.pt")
+    loaded = TabularSynthesizer.load(tmp_path / "model.pt")
+    assert loaded.settings == synthesizer.settings
+    pd.testing.assert_frame_equal(loaded.sample(50, seed=1), synthesizer.sample(50, seed=1))
+
+
 def test_interrupted_fit_resumes(tmp_path):
     df = small_frame(200)
     options = dict(latent_dim=2, hidden=(16, 16), batch_size=50, min_steps=1, progress=False,
