@@ -134,5 +134,6 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     if kept != "True":
         pytest.skip("not glibc")
     pages = 20 * 2048  # of one round
-    assert faults["keep"] < 1.2 * pages  # the first round only
-    assert faults["default"] > 1.5 * pages  # later rounds fault in afresh too (measured 2-10 rounds)
+    # kept: the first round only, plus the process's own (measured 1.0-1.25 rounds' worth under
+    # load); default: later rounds fault in afresh too (measured 2-10 rounds)
+    assert faults["keep"] < 1.5 * pages < faults["default"]
