@@ -437,9 +437,9 @@ class TabularSynthesizer:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.options = dict(latent_dim=latent_dim, stage2=stage2,
                             hidden=None if hidden is None else list(hidden), alpha=alpha,
-                            penalties=None if penalties is None else [[float(b), float(g)] for b, g in penalties],
-                            epochs=epochs,
-                            stage2_epochs=stage2_epochs,
+                            penalties=(None if penalties is None
+                                       else [[float(b), float(g)] for b, g in penalties]),
+                            epochs=epochs, stage2_epochs=stage2_epochs,
                             min_steps=min_steps, validation=validation, patience=patience,
                             batch_size=batch_size, lr=lr, continuous=continuous, prior=prior,
                             stage2_options=dict(stage2_options or {}), seed=seed)
@@ -482,8 +482,9 @@ class TabularSynthesizer:
                                                                             column_types)
         data, held_out = self._split(torch.as_tensor(transformer.transform(df)))
         whole = len(data) <= o["batch_size"]  # the training rows are one batch
-        self.settings = {"hidden": o["hidden"] or list(WHOLE_TABLE_HIDDEN if whole else HIDDEN),
-                         "lr": o["lr"] or (WHOLE_TABLE_LR if whole else LR)}
+        self.settings = {  # an explicit width (even no hidden layer) or lr is kept as given
+            "hidden": list(WHOLE_TABLE_HIDDEN if whole else HIDDEN) if o["hidden"] is None else o["hidden"],
+            "lr": (WHOLE_TABLE_LR if whole else LR) if o["lr"] is None else o["lr"]}
         self._build(transformer)
         held_out = held_out.to(self.device)
         held = len(held_out)
@@ -719,7 +720,8 @@ class TabularSynthesizer:
             for x in data.split(batch_size):
                 mu, logvar = self.stage1.encoder(x)
                 z = reparameterize(mu, logvar)
-                kl = gaussian_kl(mu, logvar).sum(1) if self.prior is None else prior_kl(z, mu, logvar, self.prior)
+                kl = (gaussian_kl(mu, logvar).sum(1) if self.prior is None
+                      else prior_kl(z, mu, logvar, self.prior))
                 x1 = self.stage1.decoder(z)
                 totals["stage1"] += float((self.likelihood(x, x1) + kl).sum())
                 if full:
