@@ -26,6 +26,7 @@ METRICS = ("quality", "sdmetrics_quality", "column_shapes", "column_pair_trends"
            "detection", "sdmetrics_detection", "privacy", "held_out_nll", "fit_seconds", "sample_seconds")
 PEER_DEFAULT_EPOCHS = 300  # CTGAN's and TVAE's defaults in the ctgan package
 EQUAL_TIME = "_equal_time"  # suffix of a peer trained for msvae's fit time on the same table and seed
+REFERENCE = "real_held_out"  # the test split scored as a synthetic table (DCR only): the reference
 
 
 def load_table(name: str, target: str | None = None, discrete_columns: Iterable[str] = ()):
@@ -329,6 +330,12 @@ def run(tables: Iterable[str], seeds: Iterable[int], out: str | Path, epochs: in
             df = df.iloc[np.random.default_rng(0).permutation(len(df))[:max_rows]]
         train, test = split(df)
         for seed in seeds:
+            if (label, REFERENCE, seed) not in {(r["table"], r["synthesizer"], r["seed"]) for r in rows}:
+                # fresh real rows' DCR: what a synthesizer that draws from the rows' own
+                # distribution, copying none of them, scores (a larger DCR is further from it)
+                privacy = metrics.dcr_baseline_protection(train, test, discrete, seed=seed)["score"]
+                rows.append({"table": label, "synthesizer": REFERENCE, "seed": seed, "rows": len(test),
+                             "privacy": privacy})
             for name in names:
                 done = {(r["table"], r["synthesizer"], r["seed"]) for r in rows}
                 if (label, name, seed) in done:

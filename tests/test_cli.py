@@ -181,16 +181,27 @@ def test_cuda_without_a_gpu_and_unusable_out_folders(tmp_path, capsys):
 def test_compare_tables_writes_scores_and_figures(tmp_path):
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
+    from msvae import tabular_benchmark
+    from msvae.metrics.tabular import dcr_baseline_protection
+
     out = tmp_path / "tables"
     main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
           "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"])
-    rows = json.loads((out / "rows.json").read_text())
+    everything = json.loads((out / "rows.json").read_text())
+    reference = [r for r in everything if r["synthesizer"] == "real_held_out"]
+    rows = [r for r in everything if r["synthesizer"] != "real_held_out"]
     assert [(r["synthesizer"], r["seed"]) for r in rows] == [("msvae", 0), ("msvae_stage1", 0),
                                                              ("msvae", 1), ("msvae_stage1", 1)]
     for row in rows:
         assert 0 <= row["quality"] <= 1 and 0 <= row["privacy"] <= 1 and row["fit_seconds"] > 0
+    # the test split's own DCR, per seed: the reference a synthesizer's privacy is read against
+    df, discrete, _ = tabular_benchmark.load_table("wine")
+    train, test = tabular_benchmark.split(df)
+    assert [(r["seed"], r["rows"]) for r in reference] == [(0, len(test)), (1, len(test))]
+    expected = dcr_baseline_protection(train, test, discrete, seed=1)["score"]
+    assert reference[1]["privacy"] == pytest.approx(expected) and 0 < expected < 1
     summary = (out / "summary.md").read_text()
-    assert summary.count("| wine |") == 2 and "±" in summary
+    assert summary.count("| wine |") == 3 and "±" in summary
     for name in ("wine_marginals.png", "wine_association_difference.png", "wine_factors.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
     factors = (out / "wine_factors.csv").read_text().splitlines()
@@ -200,7 +211,7 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
     assert rows[0]["held_out_nll"] < rows[1]["held_out_nll"] + 1.0  # the full model's bound, then stage 1's
     main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
           "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"])  # a rerun resumes: nothing is fitted again
-    assert json.loads((out / "rows.json").read_text()) == rows
+    assert json.loads((out / "rows.json").read_text()) == everything
     with pytest.raises(ValueError, match="unknown or unavailable synthesizers"):
         main(["compare-tables", "--out", str(out), "--tables", "wine", "--synthesizers", "gan"])
 
@@ -234,7 +245,8 @@ def test_compare_tables_reads_a_users_csv(tmp_path):
         main(args)
     main([*args, "--target", "income", "--discrete", "education_num"])
     rows = json.loads((out / "rows.json").read_text())
-    assert {r["table"] for r in rows} == {"mine"} and rows[0]["ml_metric"] == "f1"
+    assert {r["table"] for r in rows} == {"mine"}
+    assert [r["ml_metric"] for r in rows if r["synthesizer"] == "msvae"] == ["f1"]
     assert (out / "mine_marginals.png").exists()
     assert pd.read_csv(out / "mine_factors.csv").shape[1] == 4
 

@@ -293,6 +293,35 @@ def test_default_penalties_are_one_fit_at_2_1():
     assert record["candidates"] == [[2.0, 1.0]] and len(record["bounds"]) == 1
 
 
+def test_default_numeric_column_is_one_quantile_score_with_its_point_masses():
+    """continuous="quantile" (the default): a numeric column is one standard-normal score (its
+    missingness one 0/1 entry more); a column with point masses (values held by 5 % of the rows
+    and 10 rows) adds a one-hot block, one entry per point and one for the rest, and its score is
+    fixed by the points' entries; "mode" still gives a mode block beside the offset."""
+    df = small_frame(200)
+    options = dict(latent_dim=2, hidden=(16, 16), epochs=1, stage2_epochs=1, min_steps=1, progress=False)
+    synthesizer = TabularSynthesizer(**options).fit(df, discrete_columns=["group", "tag"])
+    spans = {}
+    for span in synthesizer.transformer.spans:
+        spans.setdefault(span.column, []).append(span)
+    assert [(s.kind, s.size) for s in spans["amount"]] == [("scalar", 1)]  # distinct values: no point
+    assert [(s.kind, s.size) for s in spans["score"]] == [("scalar", 1), ("binary", 1)]  # missingness
+    counts = df["count"].value_counts()
+    points = sorted(counts.index[(counts >= 0.05 * len(df)) & (counts >= 10)])
+    score, block = spans["count"]
+    assert (block.kind, block.size) == ("softmax", len(points) + 1) and len(points) >= 3
+    assert score.fixed_by == tuple(range(block.start, block.start + len(points)))
+    x = synthesizer.transformer.transform(df)
+    at_point = df["count"].isin(points).to_numpy()
+    assert (x[at_point, score.start] == 0).all() and (x[~at_point, block.start + len(points)] == 1).all()
+    back = synthesizer.transformer.inverse_transform(x)
+    assert (back["count"].to_numpy() == df["count"].to_numpy()).all()
+    sampled = synthesizer.sample(500, seed=0)["count"]
+    assert sampled.isin(points).mean() > 0.5  # drawn points decode to exactly the point
+    mode = TabularSynthesizer(**options, continuous="mode").fit(df, discrete_columns=["group", "tag"])
+    assert any(span.kind == "softmax" for span in mode.transformer.spans if span.column == "amount")
+
+
 def test_default_width_and_lr_follow_whether_the_table_is_one_batch(tmp_path):
     """hidden=None, lr=None: 128 wide at 3e-3 when the training rows are one batch, else 256 at
     1e-3; a loaded model has the width it was fitted with."""

@@ -9,7 +9,10 @@ booleans and categoricals categorical):
   at least ``point_share`` of the rows (and by ``POINT_MIN_ROWS`` rows or more; e.g. Adult's
   ``capital_gain`` = 0 in 92 % of rows) is a mode of its own, a point mass (standard deviation 0):
   its offset is 0 and it decodes to exactly that value; the mixture is fitted to the other values.
-  Or quantile scaling (``continuous="quantile"``): one value, the standard-normal quantile of its rank.
+  Or quantile scaling (``continuous="quantile"``): the standard-normal score of the value's rank
+  among the column's other (non-point) values; where the column has point masses (the same
+  rule), a one-hot block follows, one entry per point and one for every other value, and a
+  point's score is 0 (it decodes to exactly the point).
 - ``integer``: as continuous, rounded on the way back.
 - ``categorical``: one-hot over the categories seen when fitting.
 
@@ -177,11 +180,6 @@ class TabularTransformer:
         except (TypeError, ValueError) as error:
             raise ValueError(f"column {series.name!r} was declared {kind} but holds non-numbers") from error
         column.low, column.high, column.fill = values.min(), values.max(), float(np.median(values))
-        if self.continuous == "quantile":
-            column.quantiles = np.quantile(values, np.linspace(0, 1, min(1000, len(values))))
-            return column
-        from sklearn.mixture import BayesianGaussianMixture
-
         unique, counts = np.unique(values, return_counts=True)
         point = (counts >= self.point_share * len(values)) & (counts >= POINT_MIN_ROWS)
         rest = values[~np.isin(values, unique[point])]
@@ -189,6 +187,16 @@ class TabularTransformer:
             point = np.isin(unique, rest) | point
             rest = rest[:0]
         weights, means, stds = [counts[point] / len(values)], [unique[point]], [np.zeros(point.sum())]
+        if self.continuous == "quantile":  # the points, then one entry for every other value
+            column.quantiles = np.quantile(rest if len(rest) else values,
+                                           np.linspace(0, 1, min(1000, max(len(rest), 1))))
+            if point.any():
+                if len(rest):
+                    weights.append([len(rest) / len(values)]), means.append([np.median(rest)]), stds.append([1.0])
+                column.weights, column.means, column.stds = (np.concatenate(a) for a in (weights, means, stds))
+            return column
+        from sklearn.mixture import BayesianGaussianMixture
+
         if len(rest):
             mixture = BayesianGaussianMixture(
                 n_components=min(self.max_modes, len(np.unique(rest))),
@@ -223,7 +231,7 @@ class TabularTransformer:
         if column.kind == "categorical":
             return [("softmax", len(column.categories))]
         layout = [("scalar", 1)]
-        if self.continuous == "mode":
+        if column.means is not None:  # mode-normalised, or quantile-scored with point masses
             layout.append(("softmax", len(column.means)))
         return layout + ([("binary", 1)] if column.missing else [])
 
@@ -294,14 +302,29 @@ class TabularTransformer:
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         values = np.where(isna, column.fill, values)
         if column.quantiles is not None:
-            ranks = _interp_ranks(values, column.quantiles)
-            blocks = [ndtri(ranks.clip(1e-7, 1 - 1e-7))[:, None]]
+            scores = ndtri(_interp_ranks(values, column.quantiles).clip(1e-7, 1 - 1e-7))
+            blocks = [scores[:, None]]
+            if column.means is not None:  # point masses: their one-hot entry, and a score of 0
+                modes, at = self._points(column, values)
+                blocks = [np.where(at, 0.0, scores)[:, None], np.eye(len(column.means))[modes]]
         else:
             modes, offset = self._modes(column, values, rng)
             blocks = [offset.clip(-0.99, 0.99)[:, None], np.eye(len(column.means))[modes]]
         if column.missing:
             blocks.append(isna[:, None].astype(np.float64))
         return np.concatenate(blocks, axis=1)
+
+    @staticmethod
+    def _points(column: _Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A quantile-scored column's entry per value ``[N]`` (a point's own, else the entry of
+        every other value, else, where every entry is a point, the nearest) and whether the value
+        is a point ``[N]``."""
+        point = np.flatnonzero(column.stds == 0)
+        at = values[:, None] == column.means[point]
+        other = np.flatnonzero(column.stds > 0)
+        fallback = (np.full(len(values), other[0]) if len(other)
+                    else np.abs(values[:, None] - column.means).argmin(1))
+        return np.where(at.any(1), point[at.argmax(1)], fallback), at.any(1)
 
     @staticmethod
     def _modes(column: _Column, values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -352,6 +375,9 @@ class TabularTransformer:
         if column.quantiles is not None:
             ranks = ndtr(block[:, 0])
             values = np.interp(ranks, np.linspace(0, 1, len(column.quantiles)), column.quantiles)
+            if column.means is not None:
+                modes = block[:, 1:1 + len(column.means)].argmax(1)
+                values = np.where(column.stds[modes] == 0, column.means[modes], values)
         else:
             modes = block[:, 1:1 + len(column.means)].argmax(1)
             values = block[:, 0].clip(-1, 1) * 4 * column.stds[modes] + column.means[modes]

@@ -389,7 +389,12 @@ class TabularSynthesizer:
             them (its held-out bound, ``nll_bound``) every epoch (at least every 10 steps), ends
             at its best check and stops after ``patience`` checks without a better one (0: no
             selection, every row trains and each stage runs its full length).
-        continuous: ``"mode"`` or ``"quantile"`` (see ``TabularTransformer``).
+        continuous: how a numeric column becomes features (``TabularTransformer``): ``"quantile"``
+            (the default) one scalar, the standard-normal score of the value's rank, so a column is
+            one atom that the copula flow correlates with every other; ``"mode"``, CTGAN's
+            mode-specific normalisation, a mode one-hot and an offset (point masses decoded
+            exactly), whose mode and offset stage 1 draws independently given ``x1``. Held-out
+            nats are per transformed row, so they compare fits of one transform, not the two.
         prior: the ``p(z)`` rows are sampled from: ``"aggregate"`` (the default) fits the product of
             stage 1's aggregate-posterior marginals over the training rows after stage 1
             (``priors.FactorizedAggregatePosterior``: independent factors, each shaped as its codes
@@ -408,7 +413,7 @@ class TabularSynthesizer:
                  penalties: Iterable[tuple[float, float]] | None = None,
                  epochs: int = 100, stage2_epochs: int = 100,
                  min_steps: int = 1000, validation: float = 0.1, patience: int = 10,
-                 batch_size: int = 500, lr: float | None = None, continuous: str = "mode",
+                 batch_size: int = 500, lr: float | None = None, continuous: str = "quantile",
                  prior: str = "aggregate", stage2_options: dict | None = None, seed: int = 0,
                  device: str = "cpu", progress: bool = True):
         if stage2 is not None and stage2 not in TABULAR_STAGE2:
