@@ -116,7 +116,8 @@ def make_synthesizers(epochs: int, stage2_epochs: int | None = None, peer_epochs
 
 def _equal_time_epochs(rows: list[dict], table: str, seed: int, peer: str, peer_epochs: int) -> int:
     """Epochs that give ``peer`` msvae's fit time on ``table`` and ``seed``, from the two fits' rows."""
-    seconds = {r["synthesizer"]: r["fit_seconds"] for r in rows if r["table"] == table and r["seed"] == seed}
+    seconds = {r["synthesizer"]: r["fit_seconds"] for r in rows  # the reference rows fit nothing
+               if r["table"] == table and r["seed"] == seed and "fit_seconds" in r}
     if "msvae" not in seconds or peer not in seconds:
         raise ValueError(f"{peer}{EQUAL_TIME} needs msvae and {peer} fitted first on {table}, seed {seed}")
     return max(1, round(peer_epochs * seconds["msvae"] / seconds[peer]))

@@ -221,7 +221,8 @@ def test_equal_time_peers_get_msvaes_fit_time_and_the_copula_runs(tmp_path):
     from msvae import tabular_benchmark
 
     rows = [{"table": "t", "seed": 0, "synthesizer": "msvae", "fit_seconds": 30.0},
-            {"table": "t", "seed": 0, "synthesizer": "ctgan", "fit_seconds": 120.0}]
+            {"table": "t", "seed": 0, "synthesizer": "ctgan", "fit_seconds": 120.0},
+            {"table": "t", "seed": 0, "synthesizer": "real_held_out", "privacy": 0.3}]  # no fit
     assert tabular_benchmark._equal_time_epochs(rows, "t", 0, "ctgan", 300) == 75
     assert tabular_benchmark._equal_time_epochs(rows[:1] + [{**rows[1], "fit_seconds": 1e6}], "t", 0, "ctgan", 300) == 1
     with pytest.raises(ValueError, match="needs msvae and tvae fitted first"):
