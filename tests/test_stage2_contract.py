@@ -16,7 +16,6 @@ from msvae.models.training import kl_penalty
 
 SMALL = {"width": 8, "hidden": 32}
 SPANS = [Span("a", "scalar", 0, 1), Span("b", "softmax", 1, 3), Span("c", "binary", 4, 1)]
-DISCRETE = [False, True, True, True, True]
 
 
 def image_model(kind, **options):
@@ -48,7 +47,7 @@ def stage2_cases():
     x = tabular_rows()
     x1 = torch.randn(6, 5)
     for stage2 in (TabularVAEStage2(SPANS, w_dim=3, hidden=8), TabularFlowStage2(SPANS, layers=2, hidden=8),
-                   TabularMixtureStage2(DISCRETE, components=3, hidden=8)):
+                   TabularMixtureStage2(SPANS, components=3, hidden=8)):
         def rebuild(config, cls=type(stage2)):
             return cls(**{k: v for k, v in config.items() if k != "kind"})
         cases.append(pytest.param(stage2, x, x1, x1, rebuild, id=f"table-{stage2.config['kind']}"))

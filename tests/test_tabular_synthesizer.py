@@ -101,15 +101,38 @@ def test_transformer_spans_name_what_fixes_each_scalar():
     assert TabularTransformer.from_state(transformer.state_dict()).spans == transformer.spans
 
 
-def test_mixture_stage2_dequantises_and_round_trips():
-    model = TabularMixtureStage2([False, True, True, True, True])
-    x = torch.tensor([[0.3, 0.0, 1.0, 0.0, 1.0], [-0.5, 1.0, 0.0, 0.0, 0.0]])
+def test_mixture_stage2_dequantises_certain_scalars_and_decodes_each_block_by_its_largest_entry():
+    spans = [Span("a", "scalar", 0, 1, (3,)), Span("m", "softmax", 1, 3), Span("c", "binary", 4, 1)]
+    model = TabularMixtureStage2(spans)  # a's value is certain where m's last entry (feature 3) is on
+    x = torch.tensor([[0.3, 1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0, 0.0]])
+    torch.manual_seed(0)
     y = model.dequantize(x)
-    assert torch.all((y[:, 1:] >= x[:, 1:]) & (y[:, 1:] < x[:, 1:] + 1)) and torch.equal(y[:, 0], x[:, 0])
+    assert torch.all((y[:, 1:] >= x[:, 1:]) & (y[:, 1:] < x[:, 1:] + 1)) and y[0, 0] == x[0, 0]
+    assert 0.0 <= y[1, 0] < 1.0  # the certain value is dequantised: no density on a point
+    moved = x.clone()
+    moved[1, 0] = 5.0  # what a certain scalar holds does not reach the bound
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.dequantize(moved), y)
     torch.testing.assert_close(model.quantize(y), x)
+    # blocks decode by their largest entry, not by rounding each entry: b, then c (certain a: 0)
+    y = torch.tensor([[0.5, 0.2, 0.9, 0.1, 1.3], [0.5, 0.1, 0.3, 0.8, 0.4]])
+    torch.testing.assert_close(model.quantize(y), torch.tensor([[0.5, 0.0, 1.0, 0.0, 1.0],
+                                                                [0.0, 0.0, 0.0, 1.0, 0.0]]))
     context = torch.randn(2, 5)
     total, terms = model.training_loss(x, context, context, 0)
     assert torch.isfinite(total) and set(terms) == {"loss"}
+
+
+def test_mixed_likelihood_samples_blocks_of_every_width_at_their_probabilities():
+    spans = [Span("a", "softmax", 0, 3), Span("c", "softmax", 3, 1), Span("d", "softmax", 4, 5)]
+    likelihood = MixedLikelihood(spans)
+    output = torch.tensor([[0.5, -1.0, 1.5, 3.0, 0.0, 1.0, -2.0, 0.5, 2.0]])
+    torch.manual_seed(0)
+    draws = likelihood.sample(output.repeat(20000, 1))
+    for start, size in ((0, 3), (3, 1), (4, 5)):
+        block = draws[:, start:start + size]
+        assert torch.all(block.sum(1) == 1)
+        torch.testing.assert_close(block.mean(0), output[0, start:start + size].softmax(0), atol=0.012, rtol=0)
 
 
 FLOW_SPANS = [Span("a", "scalar", 0, 1, (3,)), Span("m", "softmax", 1, 3), Span("b", "scalar", 4, 1, (5,)),

@@ -4,8 +4,9 @@ Rows become vectors through ``TabularTransformer``; stage 1 is an MLP beta-TCVAE
 mixed likelihood (``MixedLikelihood``); stage 2 models the rows given the stage-1 output: a
 conditional VAE that refines stage 1's output (``TabularVAEStage2``), a conditional
 copula flow on the rows mapped to standard normals by stage 1's own model (``TabularFlowStage2``)
-or a conditional mixture of Gaussians (``TabularMixtureStage2``, whose one-hot and 0/1 entries are
-dequantised by uniform noise in [0, 1), so a block's largest entry is still its category).
+or a conditional mixture of Gaussians (``TabularMixtureStage2``, whose one-hot and 0/1 entries, and
+the scalars they make certain, are dequantised by uniform noise in [0, 1), so a block's largest entry
+is still its category). Every tabular stage 2 is built from the transformer's spans.
 """
 from __future__ import annotations
 
@@ -116,10 +117,13 @@ class MixedLikelihood(nn.Module):
         if len(self.binary):
             u = torch.rand(output.shape[0], len(self.binary), device=output.device)
             x[:, self.binary] = (u < torch.sigmoid(output[:, self.binary])).to(x.dtype)
-        for start, size in self.softmax_blocks:
-            probs = output[:, start:start + size].softmax(1)
-            picks = torch.multinomial(probs, 1)[:, 0]
-            x[:, start:start + size] = F.one_hot(picks, size).to(x.dtype)
+        if self.softmax_blocks:  # Gumbel-max over the padded blocks: one draw for all of them
+            logits = output[:, self.block_index].masked_fill(self.block_pad, -math.inf)  # [B, blocks, widest]
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            picks = (logits + gumbel).argmax(-1)  # [B, blocks]
+            rows = torch.arange(len(x), device=x.device)[:, None]
+            blocks = torch.arange(len(self.softmax_blocks), device=x.device)
+            x[rows, self.block_index[blocks, picks]] = 1.0
         return x
 
 
@@ -237,29 +241,53 @@ class TabularFlowStage2(SecondStage):
 
 class TabularMixtureStage2(SecondStage):
     """``p(x | x1) = sum_k pi_k(x1) N(mu_k(x1), diag sigma_k(x1)^2)`` on the dequantised row (a
-    mixture density network: one-hot and 0/1 entries, marked by ``discrete``, get uniform noise in
-    [0, 1), so a block's largest entry is still its category); ``w`` is the standardised draw
+    mixture density network). Its one-hot and 0/1 entries get uniform noise in [0, 1), so a
+    block's largest entry is still its category, and so does a scalar that the row's discrete
+    entries make certain (its span's ``fixed_by``: a point, a missing value), whose value is then
+    the noise alone: a one-state variable dequantised, so no density is scored on a certain value
+    (that density is bounded only by the scale's floor). ``w`` is the standardised draw
     ``(x - mu_k) / sigma_k`` and the component is the most responsible one. The bound is the
-    density of the dequantised row."""
+    density of the dequantised row, a lower bound on the discrete entries' probability times the
+    free scalars' density. ``spans``: the transformer's ``Span`` rows (or lists)."""
 
     bound = "dequantized"
 
-    def __init__(self, discrete: list[bool], components: int = 10, hidden: int = 256):
+    def __init__(self, spans, components: int = 10, hidden: int = 256):
         super().__init__()
-        self.register_buffer("discrete", torch.tensor(discrete, dtype=torch.bool))
-        self.features = len(discrete)
+        spans = [Span(*span) for span in spans]
+        self.features = sum(span.size for span in spans)
+        self.config = dict(kind="mog", spans=[list(span) for span in spans], components=components,
+                           hidden=hidden)
+        discrete = torch.zeros(self.features, dtype=torch.bool)
+        fixing = torch.zeros(self.features, self.features)  # [F, F]: feature i's 1 fixes scalar j
+        for span in spans:
+            if span.kind == "scalar":
+                fixing[list(span.fixed_by), span.start] = 1.0
+            else:
+                discrete[span.start:span.start + span.size] = True
+        self.register_buffer("discrete", discrete, persistent=False)
+        self.register_buffer("fixing", fixing, persistent=False)
+        self.softmax_blocks = [(s.start, s.size) for s in spans if s.kind == "softmax"]
         self.history: list[dict] = []
-        self.config = dict(kind="mog", discrete=list(discrete), components=components, hidden=hidden)
         self.components, self.w_dim = components, self.features
         self.net = nn.Sequential(nn.Linear(self.features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                  nn.ReLU(), nn.Linear(hidden, components * (1 + 2 * self.features)))
 
+    def _fixed(self, x: Tensor) -> Tensor:
+        """``[B, F]``: True at a scalar that the row's (0/1) discrete entries make certain."""
+        return x @ self.fixing.to(x.dtype) > 0.5
+
     def dequantize(self, x: Tensor, midpoint: bool = False) -> Tensor:
         noise = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
-        return torch.where(self.discrete, x + noise, x)
+        return torch.where(self.discrete, x + noise, torch.where(self._fixed(x), noise, x))
 
     def quantize(self, y: Tensor) -> Tensor:
-        return torch.where(self.discrete, y.clamp(0, 1.999).floor(), y)
+        """Rows from dequantised ones: each one-hot block's largest entry is its category, a 0/1
+        entry is 1 from 1 up, and a certain scalar is 0 (``inverse_transform`` ignores it)."""
+        x = torch.where(self.discrete, (y >= 1).to(y.dtype), y)
+        for start, size in self.softmax_blocks:
+            x[:, start:start + size] = F.one_hot(y[:, start:start + size].argmax(1), size).to(y.dtype)
+        return x.masked_fill(self._fixed(x), 0.0)
 
     def training_loss(self, x, x1, x1_mean, step):
         """Negative log-density of the dequantised row, nats per row."""
@@ -465,15 +493,9 @@ class TabularSynthesizer:
         self.stage1 = DisentangledVAE.for_vectors(features, o["latent_dim"], tuple(self.settings["hidden"]),
                                                   likelihood="gaussian").to(self.device)
         self.likelihood = MixedLikelihood(transformer.spans).to(self.device)
-        if o["stage2"] in ("vae", "flow"):
-            layout = [list(span) for span in transformer.spans]
-        else:  # the mixture needs to know which entries to dequantise
-            layout = [False] * features
-            for span in transformer.spans:
-                if span.kind != "scalar":
-                    layout[span.start:span.start + span.size] = [True] * span.size
+        spans = [list(span) for span in transformer.spans]
         self.stage2 = (None if o["stage2"] is None else
-                       TABULAR_STAGE2[o["stage2"]](layout, **o["stage2_options"]).to(self.device))
+                       TABULAR_STAGE2[o["stage2"]](spans, **o["stage2_options"]).to(self.device))
 
     def fit(self, df, discrete_columns: Iterable[str] = (), column_types: dict[str, str] | None = None,
             checkpoint_dir: str | os.PathLike | None = None) -> "TabularSynthesizer":
