@@ -90,32 +90,90 @@ Vec<T> vsigmoid(Vec<T> r) {
   return T(1) / (T(1) + vexp(-r));
 }
 
+// The first count (<= W) values at p as a vector, zeros after them.
+template <typename T>
+Vec<T> load_part(const T* p, int64_t count) {
+  if (count == Simd<T>::width) return load(p);
+  alignas(64) T buffer[Simd<T>::width] = {};
+  std::copy(p, p + count, buffer);
+  return load(buffer);
+}
+
+// Writes the first count (<= W) lanes of v to p.
+template <typename T>
+void store_part(T* p, int64_t count, Vec<T> v) {
+  if (count == Simd<T>::width) return store(p, v);
+  alignas(64) T buffer[Simd<T>::width];
+  store(buffer, v);
+  std::copy(buffer, buffer + count, p);
+}
+
 // One block's bin parameters transposed to [bins][W] (softmax_exps turns widths and heights into
-// their exps in place).
+// their exps in place). A full block's column is one gather of stride cols.
 template <typename T>
 struct BlockParams {
   static constexpr int64_t W = Simd<T>::width;
+  using Int = typename Simd<T>::Int;
   int64_t K;
   std::vector<T> widths, heights, derivs;
-  explicit BlockParams(int64_t K_) : K(K_), widths(K_ * W), heights(K_ * W), derivs((K_ - 1) * W) {}
+  Int stride_K, stride_K1;
+  explicit BlockParams(int64_t K_)
+      : K(K_), widths(K_ * W), heights(K_ * W), derivs((K_ - 1) * W),
+        stride_K(lanes_times<T>(K_)), stride_K1(lanes_times<T>(K_ - 1)) {}
 
   // Transposes rows e0 .. e0 + count of src [n][cols] into dst [cols][W] (zeros past count) and
   // returns the sum of v - v over the values: NaN if any of them is not finite, else 0.
-  static Vec<T> transpose(const T* src, int64_t e0, int64_t count, int64_t cols, T* dst) {
+  static Vec<T> transpose(const T* src, int64_t e0, int64_t count, int64_t cols, const Int& stride,
+                          T* dst) {
     Vec<T> probe = splat(T(0));
     for (int64_t c = 0; c < cols; ++c) {
-      for (int64_t l = 0; l < W; ++l) dst[c * W + l] = l < count ? src[(e0 + l) * cols + c] : T(0);
-      const Vec<T> v = ::msvae::cpu::load(dst + c * W);
+      Vec<T> v;
+      if (count == W) {
+        v = gather(src + e0 * cols + c, stride);
+      } else {
+        v = splat(T(0));
+        for (int64_t l = 0; l < count; ++l) v[l] = src[(e0 + l) * cols + c];
+      }
+      store(dst + c * W, v);
       probe += v - v;
     }
     return probe;
   }
   // Loads the block's parameters; returns the finiteness probe of transpose().
   Vec<T> load(const T* wr, const T* hr, const T* dr, int64_t e0, int64_t count) {
-    return transpose(wr, e0, count, K, widths.data()) + transpose(hr, e0, count, K, heights.data()) +
-           transpose(dr, e0, count, K - 1, derivs.data());
+    return transpose(wr, e0, count, K, stride_K, widths.data()) +
+           transpose(hr, e0, count, K, stride_K, heights.data()) +
+           transpose(dr, e0, count, K - 1, stride_K1, derivs.data());
   }
 };
+
+// The inverse of the transpose for a full block's gradients: the gather indices into a
+// [cols][W] buffer whose vector j, stored at j * W of the rows' [W][cols] output, is contiguous.
+template <typename T>
+std::vector<typename Simd<T>::Int> untranspose_indices(int64_t cols) {
+  constexpr int64_t W = Simd<T>::width;
+  std::vector<typename Simd<T>::Int> indices(cols);
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t l = 0; l < W; ++l) {
+      const int64_t flat = j * W + l;  // element flat / cols, column flat % cols
+      indices[j][l] = (flat % cols) * W + flat / cols;
+    }
+  return indices;
+}
+
+// Writes buffer [cols][W] to the rows e0 .. e0 + count of dst [n][cols] (a full block's with
+// streaming stores: the gradients are not read again while they could still be in cache).
+template <typename T>
+void untranspose(const T* buffer, int64_t e0, int64_t count, int64_t cols,
+                 const std::vector<typename Simd<T>::Int>& indices, T* dst) {
+  constexpr int64_t W = Simd<T>::width;
+  if (count == W) {
+    for (int64_t j = 0; j < cols; ++j) stream(dst + e0 * cols + j * W, gather(buffer, indices[j]));
+    return;
+  }
+  for (int64_t l = 0; l < count; ++l)
+    for (int64_t k = 0; k < cols; ++k) dst[(e0 + l) * cols + k] = buffer[k * W + l];
+}
 
 // Replaces raw[k] by exp(raw[k] - max) and returns 1 / sum: p_k = raw[k] * result.
 template <typename T>
@@ -224,15 +282,13 @@ bool forward_blocks(const T* x, const T* wr, const T* hr, const T* dr, int64_t n
   constexpr int64_t W = Simd<T>::width;
   const T B = T(p.tail_bound);
   BlockParams<T> bp(K);
-  alignas(64) T xb[W], yb[W], lb[W];
   Vec<T> probe = splat(T(0));
   for (int64_t blk = block_begin; blk < block_end; ++blk) {
     const int64_t e0 = blk * W, count = std::min(W, n - e0);
-    for (int64_t l = 0; l < W; ++l) xb[l] = l < count ? x[e0 + l] : T(0);
     probe += bp.load(wr, hr, dr, e0, count);
     const Vec<T> inv_sum_w = softmax_exps(bp.widths.data(), K);
     const Vec<T> inv_sum_h = softmax_exps(bp.heights.data(), K);
-    const Vec<T> xv = load(xb);
+    const Vec<T> xv = load_part(x + e0, count);
     probe += xv - xv;
     const auto inside = (xv >= -B) & (xv <= B);
     const Vec<T> z = xv < -B ? splat(-B) : (xv > B ? splat(B) : xv);
@@ -241,10 +297,8 @@ bool forward_blocks(const T* x, const T* wr, const T* hr, const T* dr, int64_t n
     const Vec<T> log_slope = g.log_slope();
     const Vec<T> out = p.inverse ? g.xi * bin.width + bin.x_knot
                                  : bin.y_knot + bin.height * g.numerator / g.denominator;
-    store(yb, inside ? out : xv);
-    store(lb, inside ? (p.inverse ? -log_slope : log_slope) : splat(T(0)));
-    std::copy(yb, yb + count, y + e0);
-    std::copy(lb, lb + count, logabsdet + e0);
+    store_part(y + e0, count, inside ? out : xv);
+    store_part(logabsdet + e0, count, inside ? (p.inverse ? -log_slope : log_slope) : splat(T(0)));
   }
   return horizontal_sum<T>(probe) == T(0);
 }
@@ -271,18 +325,13 @@ void backward_blocks(const T* grad_y, const T* grad_ld, const T* x, const T* wr,
   const T B = T(p.tail_bound);
   BlockParams<T> bp(K);
   std::vector<T> gw(K * W), gh(K * W), gd((K - 1) * W);
-  alignas(64) T xb[W], gyb[W], glb[W], dxb[W];
+  const auto indices_K = untranspose_indices<T>(K), indices_K1 = untranspose_indices<T>(K - 1);
   for (int64_t blk = block_begin; blk < block_end; ++blk) {
     const int64_t e0 = blk * W, count = std::min(W, n - e0);
-    for (int64_t l = 0; l < W; ++l) {
-      xb[l] = l < count ? x[e0 + l] : T(0);
-      gyb[l] = l < count ? grad_y[e0 + l] : T(0);
-      glb[l] = l < count ? grad_ld[e0 + l] : T(0);
-    }
     bp.load(wr, hr, dr, e0, count);  // finiteness was checked by the forward
     const Vec<T> inv_sum_w = softmax_exps(bp.widths.data(), K);
     const Vec<T> inv_sum_h = softmax_exps(bp.heights.data(), K);
-    const Vec<T> xv = load(xb);
+    const Vec<T> xv = load_part(x + e0, count);
     const auto inside = (xv >= -B) & (xv <= B);
     const Vec<T> z = xv < -B ? splat(-B) : (xv > B ? splat(B) : xv);
     const Bin<T> bin = locate(bp, inv_sum_w, inv_sum_h, z, p);
@@ -301,7 +350,8 @@ void backward_blocks(const T* grad_y, const T* grad_ld, const T* x, const T* wr,
     const Vec<T> l_s = T(2) / s + T(2) * t / P - T(2) * (T(1) - T(2) * t) / Dn;
     const Vec<T> l_d0 = (T(1) - xi) * (T(1) - xi) / P - T(2) * t / Dn;
     const Vec<T> l_d1 = xi * xi / P - T(2) * t / Dn;
-    Vec<T> gy = load(gyb), gl = load(glb), grad_in;
+    const Vec<T> grad_out = load_part(grad_y + e0, count);
+    Vec<T> gy = grad_out, gl = load_part(grad_ld + e0, count), grad_in;
     if (p.inverse) {
       // x = f^{-1}(y): the forward's partials with gy -> -(dL/dy) and gl -> -gl.
       const Vec<T> slope = s * s * P * inv_D2;
@@ -319,7 +369,7 @@ void backward_blocks(const T* grad_y, const T* grad_ld, const T* x, const T* wr,
     const Vec<T> G_height = inside ? gy * N / Dn + G_s / w : zero;
     const Vec<T> G_d0 = inside ? (gy * y_d0 + gl * l_d0) * vsigmoid<T>(bin.derivative_lo_raw) : zero;
     const Vec<T> G_d1 = inside ? (gy * y_d1 + gl * l_d1) * vsigmoid<T>(bin.derivative_hi_raw) : zero;
-    store(dxb, inside ? grad_in : load(gyb));
+    store_part(dx + e0, count, inside ? grad_in : grad_out);
     const T two_B = T(2) * B;
     size_gradients(bp.widths.data(), inv_sum_w, K, bin.index, two_B * G_x_knot, two_B * G_width,
                    bin.p_width, bin.p_width_before, T(1 - K * p.min_bin_width), gw.data());
@@ -327,15 +377,11 @@ void backward_blocks(const T* grad_y, const T* grad_ld, const T* x, const T* wr,
                    bin.p_height, bin.p_height_before, T(1 - K * p.min_bin_height), gh.data());
     for (int64_t k = 0; k < K - 1; ++k)  // d_{k+1} is raw k: d0 of bin k + 1, d1 of bin k
       store(gd.data() + k * W, bin.index == T(k + 1) ? G_d0 : (bin.index == T(k) ? G_d1 : zero));
-    std::copy(dxb, dxb + count, dx + e0);
-    for (int64_t l = 0; l < count; ++l) {
-      for (int64_t k = 0; k < K; ++k) {
-        dwr[(e0 + l) * K + k] = gw[k * W + l];
-        dhr[(e0 + l) * K + k] = gh[k * W + l];
-      }
-      for (int64_t k = 0; k < K - 1; ++k) ddr[(e0 + l) * (K - 1) + k] = gd[k * W + l];
-    }
+    untranspose(gw.data(), e0, count, K, indices_K, dwr);
+    untranspose(gh.data(), e0, count, K, indices_K, dhr);
+    untranspose(gd.data(), e0, count, K - 1, indices_K1, ddr);
   }
+  stream_fence();
 }
 
 }  // namespace

@@ -7,6 +7,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace msvae::cpu {
 
@@ -48,6 +51,62 @@ inline typename Simd<T>::Vec load(const T* p) {
 template <typename T>
 inline void store(T* p, const typename Simd<T>::Vec& v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// base[index[l]] in every lane l: one AVX-512 gather where the target has them (a vector built
+// from scalar loads lands in a register; scalar stores read back as a vector would stall on
+// store forwarding), else lane by lane.
+inline Simd<float>::Vec gather(const float* base, const Simd<float>::Int& index) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<Simd<float>::Vec>(
+      _mm512_i32gather_ps(reinterpret_cast<__m512i>(index), base, sizeof(float)));
+#else
+  Simd<float>::Vec v;
+  for (int64_t l = 0; l < Simd<float>::width; ++l) v[l] = base[index[l]];
+  return v;
+#endif
+}
+
+inline Simd<double>::Vec gather(const double* base, const Simd<double>::Int& index) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<Simd<double>::Vec>(
+      _mm512_i64gather_pd(reinterpret_cast<__m512i>(index), base, sizeof(double)));
+#else
+  Simd<double>::Vec v;
+  for (int64_t l = 0; l < Simd<double>::width; ++l) v[l] = base[index[l]];
+  return v;
+#endif
+}
+
+// A store that bypasses the caches (no read for ownership of the line: half the memory traffic of
+// writing an output that is not read again soon) where p is 64-byte aligned and the target has
+// AVX-512; a plain store otherwise. stream_fence() orders them before the thread's work ends.
+inline void stream(float* p, const Simd<float>::Vec& v) {
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) return _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#endif
+  std::memcpy(p, &v, sizeof(v));
+}
+
+inline void stream(double* p, const Simd<double>::Vec& v) {
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) return _mm512_stream_pd(p, reinterpret_cast<__m512d>(v));
+#endif
+  std::memcpy(p, &v, sizeof(v));
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
+// The lane numbers times stride: gather(base, lanes_times<T>(s)) reads base[0], base[s], ...
+template <typename T>
+inline typename Simd<T>::Int lanes_times(int64_t stride) {
+  typename Simd<T>::Int index;
+  for (int64_t l = 0; l < Simd<T>::width; ++l) index[l] = l * stride;
+  return index;
 }
 
 template <typename T>
