@@ -11,6 +11,12 @@ process's peak RSS after warm-up, freed heap returned to the OS first; CUDA: ``m
 
     python bench/bench_coupling.py                     # CPU
     python bench/bench_coupling.py --device cuda       # GPU (fused = triton)
+    python bench/bench_coupling.py --keep-freed-memory # CPU, glibc keeping freed blocks (all impls)
+
+On CPU a fresh 100 MB gradient faults in page by page, and what that costs depends on the machine
+(the forward+backward's system time): ``--keep-freed-memory`` sets ``training.keep_freed_memory``
+(as ``msvae fit`` does) for the whole process, every implementation alike, so the row compares the
+arithmetic; the run's metadata says which allocator setting it had.
 
 Writes ``bench/results/coupling_<device>_<timestamp>.json`` and prints a markdown table.
 """
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 from common import markdown_table, measure_modes, run_metadata, write_results
 
+from msvae.models.training import keep_freed_memory
 from msvae.ops import affine_coupling, available_backends, rq_spline
 
 TAIL_BOUND = 3.0
@@ -69,7 +76,7 @@ def affine_impl(name):
     return lambda x, t, r, inverse: affine_coupling(x, t, r, inverse=inverse, backend=name)
 
 
-def measure(call, inputs, device, modes):
+def measure(call, inputs, device, modes, settle_runs=0):
     """{mode: (median seconds, peak extra bytes)} of call(*inputs, inverse=...)."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
 
@@ -83,7 +90,7 @@ def measure(call, inputs, device, modes):
             with torch.no_grad():
                 call(*leaves, inverse=mode == "inverse")
 
-    return measure_modes(run, modes, device)
+    return measure_modes(run, modes, device, settle_runs)
 
 
 def agreement_with_nflows(fused, N, C, K, device):
@@ -108,7 +115,10 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument("--no-affine", action="store_true", help="skip the affine transform")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed blocks for reuse (training.keep_freed_memory), for all impls")
     args = parser.parse_args(argv)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     cpu = args.device == "cpu"
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else \
         ([(4096, 64, 8), (65536, 64, 8)] if cpu else [(65536, 64, 8), (262144, 64, 8)])
@@ -128,7 +138,8 @@ def main(argv=None):
                     results[name] = {m: (None, None, "not installed") for m in args.modes}
                     continue
                 try:
-                    results[name] = measure(call, make(N, C, K, args.device), args.device, args.modes)
+                    results[name] = measure(call, make(N, C, K, args.device), args.device, args.modes,
+                                            settle_runs=3 if kept else 0)
                 except torch.OutOfMemoryError:
                     results[name] = {m: (None, None, "out of memory") for m in args.modes}
                 if not cpu:
@@ -150,7 +161,7 @@ def main(argv=None):
     agreement = ({f"{N},{C},{K}": agreement_with_nflows(fused[0], N, C, K, args.device)
                   for N, C, K in shapes} if fused else None)
     meta = run_metadata(args.device, dtype="float32", tail_bound=TAIL_BOUND,
-                        max_abs_diff_vs_nflows=agreement)
+                        max_abs_diff_vs_nflows=agreement, keep_freed_memory=kept)
     write_results("coupling", meta, rows, args.out)
     print(f"max |fused - nflows| of (y, logabsdet): {agreement}\n")
     print(markdown_table(rows, [("op", "op", None), ("impl", "impl", None), ("N", "N", None),

@@ -59,12 +59,14 @@ def release_free_heap() -> None:
         pass
 
 
-def measure_modes(run: Callable[[str], object], modes: list[str], device: str) -> dict:
+def measure_modes(run: Callable[[str], object], modes: list[str], device: str, settle_runs: int = 0) -> dict:
     """{mode: (median seconds, peak extra bytes)} of run(mode), each warmed up first.
 
     Peak extra memory is above what is held before the timed runs: on CPU the rise of the peak RSS
     (reset through /proc/self/clear_refs after the warm-up, so compilation is not counted), on CUDA
-    ``torch.cuda.max_memory_allocated``.
+    ``torch.cuda.max_memory_allocated``. ``settle_runs`` untimed runs follow the CPU baseline: with
+    glibc keeping freed blocks (``training.keep_freed_memory``) the heap takes a few rounds of the
+    same allocations to stop growing (measured: 3 runs of the 65536 x 64 spline fault, then none).
     """
     out = {}
     for mode in modes:
@@ -81,6 +83,8 @@ def measure_modes(run: Callable[[str], object], modes: list[str], device: str) -
             release_free_heap()
             base = rss_bytes()
             reset_peak_rss()
+            for _ in range(settle_runs):
+                run(mode)
             seconds = time_call(lambda: run(mode), device)
             peak = max(0, peak_rss_bytes() - base)
         out[mode] = (seconds, peak)
