@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel_for.h"
@@ -117,15 +118,27 @@ struct BlockParams {
   int64_t K;
   std::vector<T> widths, heights, derivs;
   Int stride_K, stride_K1;
+  Transpose16x8 by_permutes;  // full float blocks of at most 8 columns
   explicit BlockParams(int64_t K_)
       : K(K_), widths(K_ * W), heights(K_ * W), derivs((K_ - 1) * W),
         stride_K(lanes_times<T>(K_)), stride_K1(lanes_times<T>(K_ - 1)) {}
 
   // Transposes rows e0 .. e0 + count of src [n][cols] into dst [cols][W] (zeros past count) and
   // returns the sum of v - v over the values: NaN if any of them is not finite, else 0.
-  static Vec<T> transpose(const T* src, int64_t e0, int64_t count, int64_t cols, const Int& stride,
-                          T* dst) {
+  Vec<T> transpose(const T* src, int64_t e0, int64_t count, int64_t cols, const Int& stride,
+                   T* dst) const {
     Vec<T> probe = splat(T(0));
+    if constexpr (std::is_same_v<T, float>) {
+      if (Transpose16x8::available && count == W && cols <= 8) {
+        Vec<T> columns[8];
+        by_permutes.columns(src + e0 * cols, cols, columns);
+        for (int64_t c = 0; c < cols; ++c) {
+          store(dst + c * W, columns[c]);
+          probe += columns[c] - columns[c];
+        }
+        return probe;
+      }
+    }
     for (int64_t c = 0; c < cols; ++c) {
       Vec<T> v;
       if (count == W) {
@@ -165,8 +178,16 @@ std::vector<typename Simd<T>::Int> untranspose_indices(int64_t cols) {
 // streaming stores: the gradients are not read again while they could still be in cache).
 template <typename T>
 void untranspose(const T* buffer, int64_t e0, int64_t count, int64_t cols,
-                 const std::vector<typename Simd<T>::Int>& indices, T* dst) {
+                 const std::vector<typename Simd<T>::Int>& indices, const Transpose16x8& by_permutes,
+                 T* dst) {
   constexpr int64_t W = Simd<T>::width;
+  if constexpr (std::is_same_v<T, float>) {
+    if (Transpose16x8::available && count == W && cols <= 8) {
+      Vec<T> columns[8];
+      for (int64_t c = 0; c < cols; ++c) columns[c] = load(buffer + c * W);
+      return by_permutes.rows(columns, cols, dst + e0 * cols);
+    }
+  }
   if (count == W) {
     for (int64_t j = 0; j < cols; ++j) stream(dst + e0 * cols + j * W, gather(buffer, indices[j]));
     return;
@@ -377,9 +398,9 @@ void backward_blocks(const T* grad_y, const T* grad_ld, const T* x, const T* wr,
                    bin.p_height, bin.p_height_before, T(1 - K * p.min_bin_height), gh.data());
     for (int64_t k = 0; k < K - 1; ++k)  // d_{k+1} is raw k: d0 of bin k + 1, d1 of bin k
       store(gd.data() + k * W, bin.index == T(k + 1) ? G_d0 : (bin.index == T(k) ? G_d1 : zero));
-    untranspose(gw.data(), e0, count, K, indices_K, dwr);
-    untranspose(gh.data(), e0, count, K, indices_K, dhr);
-    untranspose(gd.data(), e0, count, K - 1, indices_K1, ddr);
+    untranspose(gw.data(), e0, count, K, indices_K, bp.by_permutes, dwr);
+    untranspose(gh.data(), e0, count, K, indices_K, bp.by_permutes, dhr);
+    untranspose(gd.data(), e0, count, K - 1, indices_K1, bp.by_permutes, ddr);
   }
   stream_fence();
 }
