@@ -62,6 +62,23 @@ def test_cat_channels_is_torch_cat_along_channels(layouts):
         assert ours.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_image_encoder_starts_at_its_initial_logvar():
+    """The logvar half of the head starts at initial_logvar (mu's half untouched); None keeps
+    torch's initialisation, so an untrained encoder's log-variances stay near 0."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 64, 64)
+    for initial in (-4.0, -1.5):
+        torch.manual_seed(0)
+        encoder = ConvEncoder(latent_dim=6, initial_logvar=initial)
+        mu, logvar = encoder(x)
+        assert torch.equal(encoder.head[-1].bias[6:], torch.full((6,), initial))
+        assert abs(logvar.mean().item() - initial) < 0.1 and mu.abs().mean() < 0.2
+    torch.manual_seed(0)
+    default = ConvEncoder(latent_dim=6, initial_logvar=None)
+    assert default.head[-1].bias.abs().max() <= 1 / 256 ** 0.5 and default(x)[1].abs().mean() < 0.2
+    assert DisentangledVAE.for_images(6).encoder.head[-1].bias[6:].eq(-4.0).all()
+
+
 def test_networks_reject_bad_shapes():
     with pytest.raises(ValueError, match=r"x must have shape \[B, 1, 64, 64\]"):
         ConvEncoder()(torch.rand(2, 1, 32, 32))

@@ -56,10 +56,15 @@ def _check_image(x: Tensor, channels: int, name: str = "x") -> None:
 class ConvEncoder(nn.Module):
     """Burgess et al. (2018) encoder: 4 stride-2 4x4 convolutions, two dense layers, then ``(mu, logvar)``.
 
-    x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``.
+    x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``. The logvar outputs start at
+    ``initial_logvar`` (their bias; default -4, posterior std 0.14; None: torch's default
+    initialisation): codes that start nearly noise-free carry the image to the decoder from the
+    first steps, so training leaves the mean-image plateau early (DESIGN.md, "Stage 1 starts
+    with small posterior variances").
     """
 
-    def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256):
+    def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256,
+                 initial_logvar: float | None = -4.0):
         super().__init__()
         self.channels, self.latent_dim = channels, latent_dim
         convs, c = [], channels
@@ -69,6 +74,9 @@ class ConvEncoder(nn.Module):
         self.features = nn.Sequential(*convs, nn.Flatten())  # [B, width * 4 * 4]
         self.head = nn.Sequential(nn.Linear(width * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                   nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+        if initial_logvar is not None:
+            with torch.no_grad():
+                self.head[-1].bias[latent_dim:].fill_(initial_logvar)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_image(x, self.channels)

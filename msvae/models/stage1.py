@@ -35,9 +35,11 @@ class DisentangledVAE(nn.Module):
 
     @classmethod
     def for_images(cls, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256,
-                   likelihood: str = "bernoulli") -> "DisentangledVAE":
+                   likelihood: str = "bernoulli", initial_logvar: float | None = -4.0) -> "DisentangledVAE":
+        """The image VAE; ``initial_logvar``: ``ConvEncoder``'s (an initialisation only, so not in
+        the config a saved model is rebuilt from)."""
         config = dict(kind="image", latent_dim=latent_dim, channels=channels, width=width, hidden=hidden)
-        return cls(ConvEncoder(latent_dim, channels, width, hidden),
+        return cls(ConvEncoder(latent_dim, channels, width, hidden, initial_logvar),
                    ConvDecoder(latent_dim, channels, width, hidden), likelihood, config)
 
     @classmethod
