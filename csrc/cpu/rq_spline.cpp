@@ -113,7 +113,8 @@ void store_part(T* p, int64_t count, Vec<T> v) {
 }
 
 // One block's bin parameters transposed to [bins][W] (softmax_exps turns widths and heights into
-// their exps in place). A full block's column is one gather of stride cols.
+// their exps in place): a full float block of at most 8 columns by Transpose16x8, another full
+// block's column by one gather of stride cols, a partial block lane by lane.
 template <typename T>
 struct BlockParams {
   static constexpr int64_t W = Simd<T>::width;
@@ -145,7 +146,7 @@ struct BlockParams {
     for (int64_t c = 0; c < cols; ++c) {
       Vec<T> v;
       if (count == W) {
-        v = gather(src + e0 * cols + c, stride);
+        v = gather<T>(src + e0 * cols + c, stride);
       } else {
         v = splat(T(0));
         for (int64_t l = 0; l < count; ++l) v[l] = src[(e0 + l) * cols + c];
@@ -192,7 +193,7 @@ void untranspose(const T* buffer, int64_t e0, int64_t count, int64_t cols,
     }
   }
   if (count == W) {
-    for (int64_t j = 0; j < cols; ++j) stream(dst + e0 * cols + j * W, gather(buffer, indices[j]));
+    for (int64_t j = 0; j < cols; ++j) stream<T>(dst + e0 * cols + j * W, gather<T>(buffer, indices[j]));
     return;
   }
   for (int64_t l = 0; l < count; ++l)

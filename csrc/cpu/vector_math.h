@@ -56,24 +56,18 @@ inline void store(T* p, const typename Simd<T>::Vec& v) {
 // base[index[l]] in every lane l: one AVX-512 gather where the target has them (a vector built
 // from scalar loads lands in a register; scalar stores read back as a vector would stall on
 // store forwarding), else lane by lane.
-inline Simd<float>::Vec gather(const float* base, const Simd<float>::Int& index) {
+template <typename T>
+inline typename Simd<T>::Vec gather(const T* base, const typename Simd<T>::Int& index) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<Simd<float>::Vec>(
-      _mm512_i32gather_ps(reinterpret_cast<__m512i>(index), base, sizeof(float)));
+  const __m512i i = reinterpret_cast<__m512i>(index);
+  if constexpr (sizeof(T) == 4) {
+    return reinterpret_cast<typename Simd<T>::Vec>(_mm512_i32gather_ps(i, base, sizeof(T)));
+  } else {
+    return reinterpret_cast<typename Simd<T>::Vec>(_mm512_i64gather_pd(i, base, sizeof(T)));
+  }
 #else
-  Simd<float>::Vec v;
-  for (int64_t l = 0; l < Simd<float>::width; ++l) v[l] = base[index[l]];
-  return v;
-#endif
-}
-
-inline Simd<double>::Vec gather(const double* base, const Simd<double>::Int& index) {
-#if defined(__AVX512F__)
-  return reinterpret_cast<Simd<double>::Vec>(
-      _mm512_i64gather_pd(reinterpret_cast<__m512i>(index), base, sizeof(double)));
-#else
-  Simd<double>::Vec v;
-  for (int64_t l = 0; l < Simd<double>::width; ++l) v[l] = base[index[l]];
+  typename Simd<T>::Vec v;
+  for (int64_t l = 0; l < Simd<T>::width; ++l) v[l] = base[index[l]];
   return v;
 #endif
 }
@@ -81,16 +75,16 @@ inline Simd<double>::Vec gather(const double* base, const Simd<double>::Int& ind
 // A store that bypasses the caches (no read for ownership of the line: half the memory traffic of
 // writing an output that is not read again soon) where p is 64-byte aligned and the target has
 // AVX-512; a plain store otherwise. stream_fence() orders them before the thread's work ends.
-inline void stream(float* p, const Simd<float>::Vec& v) {
+template <typename T>
+inline void stream(T* p, const typename Simd<T>::Vec& v) {
 #if defined(__AVX512F__)
-  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) return _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
-#endif
-  std::memcpy(p, &v, sizeof(v));
-}
-
-inline void stream(double* p, const Simd<double>::Vec& v) {
-#if defined(__AVX512F__)
-  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) return _mm512_stream_pd(p, reinterpret_cast<__m512d>(v));
+  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+    if constexpr (sizeof(T) == 4) {
+      return _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+    } else {
+      return _mm512_stream_pd(p, reinterpret_cast<__m512d>(v));
+    }
+  }
 #endif
   std::memcpy(p, &v, sizeof(v));
 }
@@ -110,7 +104,8 @@ inline void stream_fence() {
 struct Transpose16x8 {
 #if defined(__AVX512F__)
   static constexpr bool available = true;
-  __m512i to_columns[3], to_rows[3];  // the first of each round's two outputs; the second adds a bit
+  // Each round's indices of its two outputs ([r][0]: vector j, [r][1]: vector j | pair).
+  __m512i to_columns[3][2], to_rows[3][2];
   Transpose16x8() {
     alignas(64) int32_t idx[6][16];
     auto bit = [](int p, int i) { return (p >> i) & 1; };
@@ -122,19 +117,20 @@ struct Transpose16x8 {
       idx[4][p] = bit(p, 2) << 4 | (p & ~4);
       idx[5][p] = bit(p, 0) << 4 | bit(p, 2) << 3 | bit(p, 1) << 2 | bit(p, 3);
     }
-    for (int r = 0; r < 3; ++r) {
-      to_columns[r] = _mm512_load_si512(idx[r]);
-      to_rows[r] = _mm512_load_si512(idx[3 + r]);
+    const int32_t second_bit[6] = {1, 2, 4, 8, 4, 2};  // the lane bit the second output sets
+    for (int r = 0; r < 6; ++r) {
+      __m512i* out = r < 3 ? to_columns[r] : to_rows[r - 3];
+      out[0] = _mm512_load_si512(idx[r]);
+      out[1] = _mm512_or_si512(out[0], _mm512_set1_epi32(second_bit[r]));
     }
   }
   // One round: vectors j and j | pair (j without that bit) become their two permutes.
-  static void round(__m512 v[8], int pair, __m512i first, int32_t second_bit) {
-    const __m512i second = _mm512_or_si512(first, _mm512_set1_epi32(second_bit));
+  static void round(__m512 v[8], int pair, const __m512i indices[2]) {
     for (int j = 0; j < 8; ++j) {
       if (j & pair) continue;
       const __m512 a = v[j], b = v[j | pair];
-      v[j] = _mm512_permutex2var_ps(a, first, b);
-      v[j | pair] = _mm512_permutex2var_ps(a, second, b);
+      v[j] = _mm512_permutex2var_ps(a, indices[0], b);
+      v[j | pair] = _mm512_permutex2var_ps(a, indices[1], b);
     }
   }
   // The lanes of two rows of cols values spread over two 8-lane halves.
@@ -146,22 +142,22 @@ struct Transpose16x8 {
     for (int j = 0; j < 8; ++j)
       v[j] = cols == 8 ? _mm512_loadu_ps(rows + 16 * j)
                        : _mm512_maskz_expand_ps(halves(cols), _mm512_maskz_loadu_ps(two_rows, rows + 2 * cols * j));
-    round(v, 1, to_columns[0], 1);
-    round(v, 2, to_columns[1], 2);
-    round(v, 4, to_columns[2], 4);
+    round(v, 1, to_columns[0]);
+    round(v, 2, to_columns[1]);
+    round(v, 4, to_columns[2]);
     for (int k = 0; k < 8; ++k) out[k] = reinterpret_cast<Simd<float>::Vec>(v[k]);
   }
   // The inverse (columns k >= cols are not read), with streaming stores where cols is 8.
   void rows(const Simd<float>::Vec in[8], int64_t cols, float* rows) const {
     __m512 v[8];
     for (int k = 0; k < 8; ++k) v[k] = k < cols ? reinterpret_cast<__m512>(in[k]) : _mm512_setzero_ps();
-    round(v, 4, to_rows[0], 8);
-    round(v, 2, to_rows[1], 4);
-    round(v, 1, to_rows[2], 2);
+    round(v, 4, to_rows[0]);
+    round(v, 2, to_rows[1]);
+    round(v, 1, to_rows[2]);
     const __mmask16 two_rows = __mmask16((1u << (2 * cols)) - 1);
     for (int j = 0; j < 8; ++j) {
       if (cols == 8) {
-        stream(rows + 16 * j, reinterpret_cast<Simd<float>::Vec>(v[j]));
+        stream<float>(rows + 16 * j, reinterpret_cast<Simd<float>::Vec>(v[j]));
       } else {
         _mm512_mask_storeu_ps(rows + 2 * cols * j, two_rows, _mm512_maskz_compress_ps(halves(cols), v[j]));
       }
