@@ -208,6 +208,7 @@ def test_compare_tables_writes_scores_and_figures(tmp_path):
     assert factors[0] == "factor,column,effect,change" and len(factors) == 1 + 8 * 14
     for row in rows:
         assert row["held_out_nll"] is not None and 0 <= row["sdmetrics_quality"] <= 1
+        assert 0 <= row["overfitting_protection"] <= 1 and 0 <= row["sdmetrics_overfitting_protection"] <= 1
     assert rows[0]["held_out_nll"] < rows[1]["held_out_nll"] + 1.0  # the full model's bound, then stage 1's
     main(["compare-tables", "--out", str(out), "--tables", "wine", "--seeds", "0", "1",
           "--synthesizers", "msvae", "--epochs", "1", "--min-steps", "1"])  # a rerun resumes: nothing is fitted again

@@ -91,3 +91,19 @@ def test_privacy_detection_and_efficacy_behave():
     # a synthetic table that lacks a category of the real one, and has a single class
     one_class = syn.assign(c="a", d="u")
     assert tabular.ml_efficacy(one_class, train, test, target="c")["synthetic"] >= 0.0
+
+
+def test_overfitting_protection_tells_copies_from_fresh_rows():
+    """Rows drawn afresh from the real rows' distribution are no nearer the training rows than the
+    held-out ones (share ~0.5, score ~1); copies of training rows are (score well below 1); the
+    held-out rows themselves are nearest the held-out rows (share 0)."""
+    fresh, _ = frames(5, n=1200, m=10)
+    train, holdout, new = fresh.iloc[:600], fresh.iloc[600:900], fresh.iloc[900:]
+    independent = tabular.dcr_overfitting_protection(train, holdout, new, discrete_columns=["n"])
+    assert 0.35 < independent["closer_to_training"] < 0.65 and independent["score"] > 0.7
+    copied = tabular.dcr_overfitting_protection(train, holdout, train, discrete_columns=["n"])
+    assert copied["closer_to_training"] > 0.6 and copied["score"] < independent["score"] - 0.2
+    itself = tabular.dcr_overfitting_protection(train, holdout, holdout, discrete_columns=["n"])
+    assert itself == {"score": 1.0, "closer_to_training": 0.0}
+    with pytest.raises(ValueError, match="lacks"):
+        tabular.dcr_overfitting_protection(train, holdout.drop(columns="x"), new)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from msvae.models import DisentangledVAE, MultiStageModel, TabularSynthesizer
-from msvae.models.training import EarlyStopping, load_checkpoint, run_steps
+from msvae.models.training import EarlyStopping, load_checkpoint, run_steps, train_resumably
 
 # Stage 1 and a stage 2 on random vectors, checkpointing every 0.2 s (by time: 10,000 steps).
 CHILD = """
@@ -119,6 +119,25 @@ def test_files_that_are_not_msvae_models_are_refused_clearly(tmp_path, load):
         load(tmp_path / "missing")
     if load is DisentangledVAE.load:
         assert load(good).latent_dim == 2
+
+
+def test_early_stopping_keeps_the_starting_weights_when_every_step_is_worse():
+    """The weights before the first step are a candidate (a nested stage 2's: stage 1 itself)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+
+    def step(index):
+        with torch.no_grad():
+            model.weight.fill_(float(index + 1))
+        return {"loss": 1.0}
+
+    stopper = EarlyStopping(model, lambda: float(model.weight.detach()), every=2, patience=3)
+    train_resumably(step, path=None, resume=False, states={"model": model}, settings={},
+                    generator=torch.Generator(), history=[], steps=100, monitor=stopper, progress=False)
+    assert stopper.checks == [[0, -1.0], [2, 2.0], [4, 4.0], [6, 6.0]]
+    assert stopper.stopped and stopper.best_step == 0
+    assert float(model.weight.detach()) == -1.0
 
 
 def test_early_stopping_keeps_the_best_weights_and_stops_after_patience(capsys):

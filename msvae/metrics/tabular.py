@@ -20,6 +20,9 @@ is better:
 - ``dcr_baseline_protection``: median distance to the closest real record of synthetic rows over
   that of uniformly random rows, capped at 1 (distances: |a - b| / range capped at 1 for numbers,
   0/1 mismatch for categories, averaged over columns).
+- ``dcr_overfitting_protection``: whether synthetic rows are nearer the training rows than fresh
+  real rows are: the share closer to (an equal-sized subsample of) the training rows than to
+  held-out ones, as score ``min(2 (1 - share), 1)``.
 """
 from __future__ import annotations
 
@@ -261,11 +264,11 @@ def _category_codes(frames: list, columns: list[str]) -> list[torch.Tensor]:
 
 
 def distance_to_closest_record(data, reference, discrete_columns: Iterable[str] | None = None,
-                               chunk: int = 128) -> np.ndarray:
+                               chunk: int = 128, ranges_from=None) -> np.ndarray:
     """For each row of ``data``, the smallest mean per-column distance to a row of ``reference``
-    ``[len(data)]``: numbers ``min(|a - b| / range, 1)`` with the reference's range (0 range: 0 if
-    equal else 1), categories 0 if equal else 1; a missing value is 0 from a missing one and 1 from
-    any value."""
+    ``[len(data)]``: numbers ``min(|a - b| / range, 1)`` with the range of ``ranges_from`` (default:
+    the reference; 0 range: 0 if equal else 1), categories 0 if equal else 1; a missing value is 0
+    from a missing one and 1 from any value."""
     _check_frames(reference, data)
     discrete = _discrete_set(reference, discrete_columns)
     num_cols = [c for c in reference.columns if c not in discrete]
@@ -275,8 +278,9 @@ def distance_to_closest_record(data, reference, discrete_columns: Iterable[str] 
         return torch.as_tensor(f[num_cols].to_numpy(dtype=np.float64, na_value=np.nan)).reshape(len(f), -1)
 
     ref_num, data_num = numbers(reference), numbers(data)
-    low = torch.nan_to_num(ref_num, nan=float("inf")).amin(0)
-    span = torch.nan_to_num(ref_num, nan=-float("inf")).amax(0) - low
+    by = ref_num if ranges_from is None else numbers(ranges_from)
+    low = torch.nan_to_num(by, nan=float("inf")).amin(0)
+    span = torch.nan_to_num(by, nan=-float("inf")).amax(0) - low
     ref_cat, data_cat = _category_codes([reference, data], cat_cols)
     result = np.empty(len(data))
     columns = len(reference.columns)
@@ -331,3 +335,25 @@ def dcr_baseline_protection(real, synthetic, discrete_columns: Iterable[str] | N
     base = float(np.median(distance_to_closest_record(random, real, discrete_columns)))
     return {"score": min(syn / base, 1.0) if base > 0 else float("nan"),
             "synthetic_median_dcr": syn, "random_median_dcr": base}
+
+
+def dcr_overfitting_protection(real_train, real_holdout, synthetic,
+                               discrete_columns: Iterable[str] | None = None, seed: int = 0,
+                               max_rows: int = 2000) -> dict[str, float]:
+    """``{"score", "closer_to_training"}``: the share of (at most ``max_rows``) synthetic rows whose
+    closest record among as many training rows as there are ``real_holdout`` rows (a seeded
+    subsample, so a synthesizer that copies no row is at 0.5 in expectation) is nearer than their
+    closest held-out row (ties count as held out), and ``min(2 (1 - share), 1)``, SDMetrics'
+    ``DCROverfittingProtection`` score. Distances as ``distance_to_closest_record``'s, both with
+    the training rows' ranges. Unlike ``dcr_baseline_protection`` it does not reward rows that are
+    far from every real row, only rows that are no nearer the training rows than fresh ones are."""
+    _check_frames(real_train, synthetic)
+    _check_frames(real_train, real_holdout)
+    rng = np.random.default_rng(seed)
+    synthetic = synthetic.iloc[rng.permutation(len(synthetic))[:max_rows]]
+    holdout = real_holdout.iloc[rng.permutation(len(real_holdout))[:max_rows]]
+    train = real_train.iloc[rng.permutation(len(real_train))[:len(holdout)]]
+    to_train = distance_to_closest_record(synthetic, train, discrete_columns, ranges_from=real_train)
+    to_holdout = distance_to_closest_record(synthetic, holdout, discrete_columns, ranges_from=real_train)
+    share = float(np.mean(to_train < to_holdout))
+    return {"score": min(2 * (1 - share), 1.0), "closer_to_training": share}

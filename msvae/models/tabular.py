@@ -557,6 +557,7 @@ class TabularSynthesizer:
             "stage1": fitted[chosen][3],
             "penalties": {"candidates": candidates, "bounds": [f[0] for f in fitted],
                           "chosen": candidates[chosen]}}
+        self._calibrate(data, held_out)
         if o["prior"] == "aggregate":
             self._fit_prior(data, held_out)
         nested = getattr(self.stage2, "likelihood", None)
@@ -569,6 +570,51 @@ class TabularSynthesizer:
             if selector is not None:
                 self.selection["stage2"] = self._selected(selector)
         return self
+
+    def _calibrate(self, data: Tensor, held_out: Tensor, rows: int = 50_000, draws: int = 2) -> None:
+        """Refits stage 1's output biases (its decoder's last layer) and the likelihood's scales,
+        everything else fixed, to the reconstruction term of (at most ``rows``) training rows at
+        ``draws`` seeded posterior draws each (L-BFGS): the KL does not depend on them, so this
+        maximises the training bound over them, a convex problem SGD leaves unfinished (Adult:
+        the decoded category frequencies 1-2.4 points off the data's, the target's positive rate
+        0.230 against 0.240). Kept only where the held-out stage-1 bound improves (or there are no
+        held-out rows); ``selection["calibration"]`` records both bounds."""
+        self.stage1.eval()
+        last = [m for m in self.stage1.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        scale = self.likelihood.log_scale
+        saved = last.bias.detach().clone(), scale.detach().clone()
+        score = (lambda: self._bounds(held_out, self.options["seed"], full=False)["stage1"]) \
+            if len(held_out) else (lambda: None)
+        before = score()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.options["seed"])
+            x = data[torch.randperm(len(data), device=data.device)[:rows]]
+            mu, logvar = self.stage1.encoder(x)
+            # the last layer's input at each draw: its output less the bias, fixed
+            hidden = [self.stage1.decoder(reparameterize(mu, logvar)) - last.bias for _ in range(draws)]
+        bias = last.bias.detach().clone().requires_grad_(True)
+        likelihood = copy.deepcopy(self.likelihood)  # its scales are the trial ones
+        log_scale = likelihood.log_scale
+        optimizer = torch.optim.LBFGS([bias, log_scale], max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = sum(likelihood(x, h + bias).mean() for h in hidden) / draws
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            last.bias.copy_(bias)
+            scale.copy_(log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE))
+        after = score()
+        kept = before is None or after < before
+        if not kept:
+            with torch.no_grad():
+                last.bias.copy_(saved[0])
+                scale.copy_(saved[1])
+        if before is not None:
+            self.selection["calibration"] = {"before": before, "after": after, "kept": kept}
 
     @torch.no_grad()
     def _fit_prior(self, data: Tensor, held_out: Tensor) -> None:

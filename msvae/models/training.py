@@ -305,7 +305,8 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
     file (the others receive its contents, so several machines need no shared folder), the
     checkpoint holds every rank's torch/CUDA RNG states, and resuming with another number of
     processes is a ``ValueError``. ``monitor`` (``EarlyStopping``) is checked after every step,
-    saved in the checkpoints, and its best weights are restored at the end; it needs one process.
+    saved in the checkpoints, and its best weights are restored at the end (the starting weights,
+    checked before the first step, among the candidates); it needs one process.
     ``loop`` goes to ``run_steps`` (log_every, checkpoint_every, checkpoint_seconds, progress, desc).
     """
     rank, ranks = rank_and_size(process_group)
@@ -361,6 +362,8 @@ def train_resumably(step_fn: Callable[[int], dict[str, float]], *, path: str | o
             "step": step, "history": history, "pending": pending, "settings": settings,
             "train_seconds": trained + time.monotonic() - began, **(extra or {})})
 
+    if monitor is not None and start == 0 and not monitor.checks:
+        monitor(0)  # the starting weights are a candidate too (a nested stage 2's: stage 1 itself)
     remaining = None if time_limit is None else time_limit - trained
     if (state is None or remaining is None or remaining > 0) and not (monitor and monitor.stopped):
         with flush_denormals():
