@@ -588,9 +588,9 @@ class TabularSynthesizer:
         before = score()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.options["seed"])
-            x = data[torch.randperm(len(data), device=data.device)[:rows]]
+            x = data[torch.randperm(len(data))[:rows].to(data.device)]
             mu, logvar = self.stage1.encoder(x)
-            # the last layer's input at each draw: its output less the bias, fixed
+            # the decoder's output less its last bias at each draw, fixed
             hidden = [self.stage1.decoder(reparameterize(mu, logvar)) - last.bias for _ in range(draws)]
         bias = last.bias.detach().clone().requires_grad_(True)
         likelihood = copy.deepcopy(self.likelihood)  # its scales are the trial ones
