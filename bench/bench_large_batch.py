@@ -86,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--eval-size", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--initial-logvar", type=lambda v: None if v == "none" else float(v), default=-4.0,
+    parser.add_argument("--initial-logvar", type=lambda v: None if v == "none" else float(v), default=None,
                         help="the encoder's initial logvar bias (ConvEncoder; 'none': torch's init)")
     parser.add_argument("--work", type=Path, default=Path("runs/large_batch"), help="checkpoints (resumable)")
     parser.add_argument("--out", type=Path, default=None)

@@ -57,14 +57,14 @@ class ConvEncoder(nn.Module):
     """Burgess et al. (2018) encoder: 4 stride-2 4x4 convolutions, two dense layers, then ``(mu, logvar)``.
 
     x ``[B, C, 64, 64]`` -> mu, logvar ``[B, latent_dim]``. The logvar outputs start at
-    ``initial_logvar`` (their bias; default -4, posterior std 0.14; None: torch's default
-    initialisation): codes that start nearly noise-free carry the image to the decoder from the
-    first steps, so training leaves the mean-image plateau early (DESIGN.md, "Stage 1 starts
-    with small posterior variances").
+    ``initial_logvar`` (their bias, e.g. -4: posterior std 0.14) or, by default (None), keep
+    torch's initialisation. Small initial variances leave the mean-image plateau sooner but
+    gave the quick preset worse samples and MIG (DESIGN.md, "Stage 1's initial posterior
+    variances").
     """
 
     def __init__(self, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256,
-                 initial_logvar: float | None = -4.0):
+                 initial_logvar: float | None = None):
         super().__init__()
         self.channels, self.latent_dim = channels, latent_dim
         convs, c = [], channels

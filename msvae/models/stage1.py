@@ -35,7 +35,7 @@ class DisentangledVAE(nn.Module):
 
     @classmethod
     def for_images(cls, latent_dim: int = 10, channels: int = 1, width: int = 32, hidden: int = 256,
-                   likelihood: str = "bernoulli", initial_logvar: float | None = -4.0) -> "DisentangledVAE":
+                   likelihood: str = "bernoulli", initial_logvar: float | None = None) -> "DisentangledVAE":
         """The image VAE; ``initial_logvar``: ``ConvEncoder``'s (an initialisation only, so not in
         the config a saved model is rebuilt from)."""
         config = dict(kind="image", latent_dim=latent_dim, channels=channels, width=width, hidden=hidden)
