@@ -151,10 +151,14 @@ def sdmetrics_scores(real, synthetic, discrete: Iterable[str], holdout=None, see
         scores = {"sdmetrics_quality": float(report.get_score()),
                   "sdmetrics_detection": float(LogisticDetection.compute(real, synthetic, metadata))}
         if holdout is not None:
-            np.random.seed(seed)  # DataFrame.sample draws from numpy's global generator
-            scores["sdmetrics_overfitting_protection"] = float(DCROverfittingProtection.compute(
-                real, synthetic, labelled(holdout), metadata, None,
-                num_rows_subsample=min(len(holdout), len(synthetic), 1000), num_iterations=1))
+            state = np.random.get_state()  # DataFrame.sample draws from numpy's global generator
+            np.random.seed(seed)
+            try:
+                scores["sdmetrics_overfitting_protection"] = float(DCROverfittingProtection.compute(
+                    real, synthetic, labelled(holdout), metadata, None,
+                    num_rows_subsample=min(len(holdout), len(synthetic), 1000), num_iterations=1))
+            finally:
+                np.random.set_state(state)  # the caller's draws are left as they were
         return scores
 
 
